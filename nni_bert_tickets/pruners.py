@@ -1,0 +1,292 @@
+"""The paper's pruning algorithms as NNI 3 pruners.
+
+Both follow NNI's conventions: ``Pruner(model, config_list, evaluator)``, ``compress()`` returning
+``(model, masks)`` with masks as ``{module_name: {'weight': mask}}``, and ``unwrap_model()``. Targets that
+share a ``global_group_id`` (as :func:`~nni_bert_tickets.bert_config_list` makes them) are pruned as one pool.
+Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the unwrapped model is sparse.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import defaultdict
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from nni.compression.base.compressor import Pruner
+from nni.compression.utils.evaluator import Evaluator
+from safetensors.torch import load_file, save_file
+
+from . import masks as M
+from .targets import base_prefix, check_sparsity
+from .ticket import Ticket, prunable_weights
+
+__all__ = ["IMPPruner", "RandomPruner"]
+_log = logging.getLogger(__name__)
+_NNIMasks = Dict[str, Dict[str, torch.Tensor]]
+
+
+class _TicketPruner(Pruner):
+    """Shared plumbing: element-wise masks, pools of targets, masks <-> live weights, tickets."""
+
+    def _set_default_sparse_granularity(self, target_space):  # element-wise masks, as the paper prunes
+        return None
+
+    def _pools(self) -> Dict[Any, Dict[str, Any]]:
+        """Target spaces by pool: one pool per ``global_group_id``, else one per target."""
+        pools: Dict[Any, Dict[str, Any]] = defaultdict(dict)
+        for module_name, spaces in self._target_spaces.items():
+            for target_name, space in spaces.items():
+                if space.sparse_ratio is None:
+                    continue
+                check_sparsity(space.sparse_ratio)
+                group = space.global_group_id if space.global_group_id is not None else (module_name, target_name)
+                pools[group][f"{module_name}::{target_name}"] = space
+        if not pools:
+            raise ValueError(f"{type(self).__name__}: the config_list gives no target a sparse_ratio")
+        return pools
+
+    def _masks_by_pool(self, strategy: Callable[[Dict[str, torch.Tensor], float, Dict[str, torch.Tensor]], M.Masks],
+                       level: Optional[float] = None) -> _NNIMasks:
+        """Run a mask strategy on each pool at ``min(level, its sparse_ratio)`` and return NNI masks."""
+        out: _NNIMasks = defaultdict(dict)
+        for spaces in self._pools().values():
+            target = max(space.sparse_ratio for space in spaces.values())
+            sparsity = target if level is None else min(level, target)
+            weights = {key: space.target.detach() for key, space in spaces.items()}
+            current = {key: (space.mask if space.mask is not None else torch.ones_like(space.target)).bool()
+                       for key, space in spaces.items()}
+            for key, mask in strategy(weights, sparsity, current).items():
+                module_name, target_name = key.split("::")
+                out[module_name][target_name] = mask.float()
+        return dict(out)
+
+    def _install(self, masks: _NNIMasks) -> None:
+        """Hand masks to NNI's wrappers and zero the pruned parameters in place."""
+        self.update_masks(masks)
+        with torch.no_grad():
+            for module_name, targets in masks.items():
+                for target_name, mask in targets.items():
+                    space = self._target_spaces[module_name][target_name]
+                    space.target.masked_fill_(~mask.bool().to(space.target.device), 0.0)
+
+    def ticket(self, **meta: Any) -> Ticket:
+        """The current masks as a :class:`Ticket`."""
+        return Ticket.from_nni_masks(self.bound_model, self.get_masks(), **meta)
+
+
+class RandomPruner(_TicketPruner):
+    """Random pruning baseline: a uniformly random global mask at the configured sparsity, seeded.
+
+    Exactly ``round(sparse_ratio * N)`` of the N weights in each global group are pruned, so per-matrix
+    sparsity varies around the global one (the reference code's global ``RandomUnstructured``).
+    """
+
+    def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator | None = None,
+                 seed: int = 0, existed_wrappers=None):
+        super().__init__(model, config_list, evaluator, existed_wrappers)
+        self.seed = seed
+
+    def _single_compress(self, max_steps, max_epochs):
+        self._install(self._masks_by_pool(lambda w, s, _: M.random_masks(w, s, seed=self.seed)))
+
+    def compress(self) -> Tuple[torch.nn.Module, _NNIMasks]:  # type: ignore[override]
+        return super().compress(None, None)
+
+
+class IMPPruner(_TicketPruner):
+    """Iterative magnitude pruning with rewinding: the paper's way to find a lottery ticket.
+
+    Each round trains the current subnetwork through ``evaluator`` (a fresh optimizer and LR scheduler are
+    built for every round), evaluates it, prunes the lowest-magnitude surviving weights globally to the
+    next sparsity of the schedule, and rewinds the survivors. The last round trains the subnetwork at the
+    config's ``sparse_ratio``. Every round's mask and evaluation are kept in :attr:`trajectory` and
+    :attr:`tickets`, so one run yields a ticket at every sparsity it passes.
+
+    Parameters
+    ----------
+    schedule, step
+        ``'linear'`` (default, the reference code): each round removes ``step`` of the original weights
+        (10 %, 20 %, ...). ``'geometric'`` (the paper's text): ``step`` of the remaining weights.
+    rewind
+        Where survivors go back to after pruning. ``0`` (default): θ0, the pre-trained weights. An ``int``
+        k > 0: θk, the weights after k optimizer steps of the first (dense) round. A ``float`` in (0, 1):
+        that fraction of the first round's steps (needs ``max_steps`` or an evaluator with
+        ``num_training_steps``). ``None``: no rewinding, i.e. standard pruning (keep the trained weights).
+    head
+        What the task head (parameters outside the model body, e.g. ``classifier``) does on rewind:
+        ``'keep'`` (default, the reference code) keeps its trained values; ``'rewind'`` goes back with the
+        body; ``'reinit'`` is freshly initialised each round.
+    output_dir
+        If given, every round's ticket, ``trajectory.json`` and a resume state are written there, and a
+        later ``compress()`` with the same arguments resumes after the last completed round.
+    """
+
+    def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
+                 schedule: Literal["linear", "geometric"] = "linear", step: float = 0.1,
+                 rewind: int | float | None = 0, head: Literal["keep", "rewind", "reinit"] = "keep",
+                 seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
+                 existed_wrappers=None):
+        if evaluator is None:
+            raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
+        if head not in ("keep", "rewind", "reinit"):
+            raise ValueError(f"head must be 'keep', 'rewind' or 'reinit', got {head!r}")
+        if rewind is not None and (isinstance(rewind, bool) or rewind < 0 or (isinstance(rewind, float) and rewind >= 1)):
+            raise ValueError(f"rewind must be None, a step count >= 0 or a fraction in (0, 1), got {rewind!r}")
+        super().__init__(model, config_list, evaluator, existed_wrappers)
+        target = max(space.sparse_ratio for pool in self._pools().values() for space in pool.values())
+        self.levels = [0.0] + M.sparsity_schedule(target, schedule, step)
+        self.schedule, self.step, self.rewind, self.head = schedule, step, rewind, head
+        self.seed, self.task, self.output_dir = seed, task, output_dir
+        self.trajectory: List[Dict[str, Any]] = []
+        self.tickets: List[Ticket] = []
+        self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
+        self._rewind_state = self._state() if rewind == 0 else None
+
+    # ---- the level loop ------------------------------------------------------------------------------------
+    def compress(self, max_steps: int | None = None, max_epochs: int | None = None):
+        return super().compress(max_steps, max_epochs)
+
+    def _single_compress(self, max_steps: int | None, max_epochs: int | None) -> None:
+        start = self._resume()
+        for level in range(start, len(self.levels)):
+            _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
+            self._seed_everything(level)
+            metric, metrics = self._train_and_evaluate(level, max_steps, max_epochs)
+            record = {"round": level, "sparsity": M.sparsity({k: v["weight"] for k, v in self.get_masks().items()}),
+                      "target_sparsity": self.levels[level], "metric": metric, "metrics": metrics}
+            self.trajectory.append(record)
+            self.tickets.append(self.ticket(
+                base_weights=self._theta0_prunable, task=self.task,
+                algorithm="imp" if self.rewind is not None else "standard", schedule=f"{self.schedule}:{self.step}",
+                round=level, seed=self.seed, rewind=self._rewind_name(), metrics={"metric": metric, **metrics},
+                weights=self._ticket_weights()))
+            if level + 1 < len(self.levels):
+                self._install(self._masks_by_pool(lambda w, s, m: M.global_magnitude_masks(w, s, m),
+                                                  self.levels[level + 1]))
+                self._rewind_survivors(level)
+            self._save(level)
+
+    def _train_and_evaluate(self, level: int, max_steps, max_epochs) -> Tuple[Optional[float], Dict[str, Any]]:
+        evaluator = self.evaluator
+        evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
+        if level == 0 and self.rewind:
+            evaluator.patch_optimizer_step([], [self._snapshot_at(self._rewind_step(max_steps, max_epochs))])
+        evaluator.train(max_steps, max_epochs)
+        result = evaluator.evaluate()
+        evaluator.unbind_model()
+        if level == 0 and self.rewind and self._rewind_state is None:
+            raise RuntimeError(f"the first round ended before step {self.rewind}: cannot rewind to it")
+        if isinstance(result, tuple):
+            return (None if result[0] is None else float(result[0])), dict(result[1] or {})
+        return (None if result is None else float(result)), {}
+
+    # ---- rewinding -----------------------------------------------------------------------------------------
+    def _rewind_step(self, max_steps, max_epochs) -> int:
+        if isinstance(self.rewind, int):
+            return self.rewind
+        total = max_steps
+        if total is None and hasattr(self.evaluator, "num_training_steps"):
+            total = self.evaluator.num_training_steps(max_steps, max_epochs)
+        if total is None:
+            raise ValueError("rewind given as a fraction needs compress(max_steps=...) or an evaluator with "
+                             "num_training_steps(); give a step count instead")
+        return max(1, round(self.rewind * total))
+
+    def _snapshot_at(self, step: int) -> Callable[[], None]:
+        counter = {"steps": 0}
+
+        def task() -> None:
+            counter["steps"] += 1
+            if counter["steps"] == step:
+                self._rewind_state = self._state()
+        return task
+
+    def _rewind_survivors(self, level: int) -> None:
+        if self.rewind is None:
+            return
+        head = self._head_names()
+        live = dict(self.bound_model.named_parameters())
+        with torch.no_grad():
+            for name, value in self._rewind_state.items():
+                if name not in head or self.head == "rewind":
+                    live[name].copy_(value)
+            if self.head == "reinit":
+                self._reinit_head(level)
+            for spaces in self._target_spaces.values():  # survivors only: pruned weights stay exactly 0
+                for space in spaces.values():
+                    if space.mask is not None:
+                        space.target.masked_fill_(~space.mask.bool(), 0.0)
+
+    def _reinit_head(self, level: int) -> None:
+        torch.manual_seed(self.seed * 1000 + level)
+        init = getattr(self.bound_model, "_init_weights", None)
+        prefix = base_prefix(self.bound_model)
+        for name, module in self.bound_model.named_modules():
+            if name and not name.startswith(prefix.rstrip(".")) and not list(module.children()):
+                init(module) if init is not None else getattr(module, "reset_parameters", lambda: None)()
+
+    def _head_names(self) -> set:
+        prefix = base_prefix(self.bound_model)
+        return {n for n, _ in self.bound_model.named_parameters() if prefix and not n.startswith(prefix)}
+
+    def _state(self) -> Dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.bound_model.named_parameters()}
+
+    def _rewind_name(self) -> str:
+        return "none" if self.rewind is None else "theta0" if self.rewind == 0 else f"theta_i:{self.rewind}"
+
+    def _ticket_weights(self) -> Optional[Dict[str, torch.Tensor]]:
+        """θi tickets carry their rewind weights (the body, keyed relative to it); θ0 tickets need none."""
+        if not self.rewind or self._rewind_state is None:
+            return None
+        prefix, head = base_prefix(self.bound_model), self._head_names()
+        return {_unwrapped(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
+
+    def _seed_everything(self, level: int) -> None:
+        seed = self.seed * 1000 + level
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    # ---- resumable output ----------------------------------------------------------------------------------
+    def _save(self, level: int) -> None:
+        if not self.output_dir:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"))
+        state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
+        state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
+        _atomic(lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp),
+                os.path.join(self.output_dir, "imp_state.safetensors"))
+        _atomic(lambda tmp: open(tmp, "w").write(json.dumps(self.trajectory, indent=1, default=str)),
+                os.path.join(self.output_dir, "trajectory.json"))
+
+    def _resume(self) -> int:
+        if not self.output_dir or not os.path.exists(os.path.join(self.output_dir, "trajectory.json")):
+            return 0
+        with open(os.path.join(self.output_dir, "trajectory.json")) as f:
+            self.trajectory = json.load(f)
+        state = load_file(os.path.join(self.output_dir, "imp_state.safetensors"))
+        self.bound_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
+        self._rewind_state = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")} or self._rewind_state
+        self.tickets = [Ticket.load(os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors"))
+                        for r in self.trajectory]
+        _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
+        return len(self.trajectory)
+
+    def _fuse_preprocess(self, evaluator):
+        raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
+
+
+def _unwrapped(name: str) -> str:
+    return name.replace("._nni_wrapper", "")
+
+
+def _atomic(write: Callable[[str], Any], path: str) -> None:
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)

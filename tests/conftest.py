@@ -1,0 +1,73 @@
+import os
+from pathlib import Path
+
+import nni
+import pytest
+import torch
+from nni.compression import TorchEvaluator
+from transformers import BertConfig, BertForSequenceClassification
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+GLUE = SHARED / "data" / "glue"
+
+
+def tiny_bert(seed: int = 0, layers: int = 2, num_labels: int = 2) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=num_labels)
+    return BertForSequenceClassification(config).eval()
+
+
+def toy_batches(n: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, 64, (n, 4, 12), generator=g)
+    y = (x[..., 0] % 2)
+    return list(zip(x, y))
+
+
+def toy_evaluator(model, steps: int = 6, weight_decay: float = 0.01, lr: float = 1e-2) -> TorchEvaluator:
+    """A TorchEvaluator training with AdamW + weight decay + linear decay + clipping on fixed toy batches."""
+    batches = toy_batches()
+
+    def training_step(batch, model):
+        x, y = batch
+        return model(input_ids=x, labels=y).loss
+
+    def training_func(model, optimizer, training_step, lr_scheduler=None, max_steps=None, max_epochs=None):
+        model.train()
+        total = max_steps or steps
+        order = torch.randperm(len(batches)).tolist()  # global RNG: the pruner seeds it per round
+        for i in range(total):
+            loss = training_step(batches[order[i % len(order)]], model)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            optimizer.zero_grad()
+        model.eval()
+
+    def evaluating_func(model):
+        with torch.no_grad():
+            correct = sum(int((model(input_ids=x).logits.argmax(-1) == y).sum()) for x, y in batches)
+        acc = correct / sum(len(y) for _, y in batches)
+        return {"default": acc, "accuracy": acc}
+
+    optimizer = nni.trace(torch.optim.AdamW)(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = nni.trace(torch.optim.lr_scheduler.LinearLR)(optimizer, 1.0, 0.0, steps)
+    return TorchEvaluator(training_func, optimizer, training_step, scheduler, evaluating_func=evaluating_func)
+
+
+@pytest.fixture
+def minilm_path():
+    if not MINILM.is_dir():
+        pytest.fail(f"the embedded model is missing at {MINILM}: tests need ../shared beside the checkout")
+    return str(MINILM)
+
+
+@pytest.fixture
+def glue_dir():
+    if not GLUE.is_dir():
+        pytest.fail(f"GLUE data missing at {GLUE}: tests need ../shared beside the checkout")
+    return str(GLUE)
