@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
 import numpy as np
 import torch
 from nni.compression.base.compressor import Pruner
+from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 from nni.compression.utils.evaluator import Evaluator
 from safetensors.torch import load_file, save_file
 
@@ -31,6 +32,10 @@ _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
 
 class _TicketPruner(Pruner):
     """Shared plumbing: element-wise masks, pools of targets, masks <-> live weights, tickets."""
+
+    def __init__(self, model, config_list, evaluator=None, existed_wrappers=None):
+        _check_config_list(model, config_list, type(self).__name__)
+        super().__init__(model, config_list, evaluator, existed_wrappers)
 
     def _set_default_sparse_granularity(self, target_space):  # element-wise masks, as the paper prunes
         return None
@@ -280,6 +285,22 @@ class IMPPruner(_TicketPruner):
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
+
+
+def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str) -> None:
+    """Fail before wrapping anything if a config entry selects no module or has a bad sparse_ratio."""
+    if not config_list:
+        raise ValueError(f"{who}: config_list is empty")
+    names = {name for name, _ in model.named_modules()}
+    for i, config in enumerate(trans_legacy_config_list(config_list)):
+        unknown = [n for n in config.get("op_names", []) if n not in names]
+        if unknown:
+            raise ValueError(f"{who}: config_list[{i}] names modules the model does not have: {unknown[:3]}")
+        if not select_modules_by_config(model, config)[0]:
+            raise ValueError(f"{who}: config_list[{i}] matches no module of {type(model).__name__}")
+        for setting in [config, *config.get("target_settings", {}).values()]:
+            if "sparse_ratio" in setting:
+                check_sparsity(setting["sparse_ratio"])
 
 
 def _unwrapped(name: str) -> str:

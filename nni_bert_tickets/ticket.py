@@ -167,7 +167,7 @@ class Ticket:
                               f"({len(missing)} of the ticket's {len(self.masks)} matrices missing)")
         if uncovered:
             if strict:
-                raise TicketError(f"ticket covers {len(self.masks)} matrices but the model has {len(live)} "
+                raise TicketError(f"ticket is for another architecture: it covers {len(self.masks)} matrices, the model has {len(live)} "
                                   f"prunable ones (e.g. {uncovered[:2]}); use strict=False to leave them dense")
             _log.warning("ticket leaves %d matrices dense: %s", len(uncovered), uncovered[:3])
         for key, mask in self.masks.items():

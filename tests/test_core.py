@@ -1,0 +1,223 @@
+"""Core behaviour: targets, global masks against torch's own, schedules, zero-keeping, rewinding, errors."""
+import copy
+
+import pytest
+import torch
+from torch.nn.utils import prune
+from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
+                          DistilBertConfig, DistilBertForSequenceClassification, RobertaConfig,
+                          RobertaForSequenceClassification)
+
+from conftest import tiny_bert, toy_evaluator
+from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, bert_config_list, global_magnitude_masks,
+                              prunable_modules, prunable_weights, random_masks, sparsity_schedule)
+from nni_bert_tickets.masks import count_to_prune, sparsity
+
+
+def test_bert_base_layout_has_73_prunable_matrices_and_no_heads():
+    config = BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=12, num_attention_heads=2,
+                        intermediate_size=16, num_labels=3)
+    model = BertForSequenceClassification(config)
+    names = list(prunable_modules(model))
+    assert len(names) == 73
+    assert "bert.pooler.dense" in names
+    assert not any("embeddings" in n or "classifier" in n or "LayerNorm" in n for n in names)
+    (config_entry,) = bert_config_list(model, 0.7)
+    assert config_entry["target_names"] == ["weight"]
+    assert config_entry["target_settings"]["weight"]["sparse_ratio"] == 0.7
+    assert config_entry["target_settings"]["weight"]["global_group_id"] is not None
+
+
+def test_other_bert_family_namings_are_recognised():
+    roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2,
+                                                             num_attention_heads=2, intermediate_size=16))
+    distil = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=40, dim=8, n_layers=2, n_heads=2,
+                                                                  hidden_dim=16))
+    assert len(prunable_modules(roberta)) == 12  # RoBERTa's head has its own dense: not selected
+    assert not any(n.startswith("classifier") for n in prunable_modules(roberta))
+    assert len(prunable_modules(distil)) == 12
+    assert "pre_classifier" not in prunable_modules(distil)
+
+
+def test_embedded_minilm_has_37_matrices(minilm_path):
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    assert len(prunable_modules(model)) == 6 * 6 + 1
+
+
+def _torch_global_masks(modules, amount, prior=None):
+    modules = copy.deepcopy(modules)
+    params = [(m, "weight") for m in modules]
+    if prior is not None:
+        for m, mask in zip(modules, prior):
+            prune.custom_from_mask(m, "weight", mask)
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    return [m.weight_mask.bool() for m in modules]
+
+
+def test_global_magnitude_mask_equals_torch_global_unstructured(minilm_path):
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    modules = list(prunable_modules(model).values())
+    weights = prunable_weights(model)
+    ours = global_magnitude_masks(weights, 0.4)
+    ref = _torch_global_masks(modules, count_to_prune(sum(w.numel() for w in weights.values()), 0.4))
+    assert all(torch.equal(a, b) for a, b in zip(ours.values(), ref))
+    # a second IMP-style step on top of the first mask, as torch does iteratively
+    total = sum(w.numel() for w in weights.values())
+    ours2 = global_magnitude_masks(weights, 0.7, ours)
+    ref2 = _torch_global_masks(modules, count_to_prune(total, 0.7) - count_to_prune(total, 0.4), ref)
+    assert all(torch.equal(a, b) for a, b in zip(ours2.values(), ref2))
+    assert all(bool((b <= a).all()) for a, b in zip(ours.values(), ours2.values()))  # nested
+
+
+@pytest.mark.parametrize("kind", ["linear", "geometric"])
+def test_schedules_reach_documented_sparsity_each_round(kind):
+    levels = sparsity_schedule(0.5, kind, 0.2)
+    assert levels[-1] == 0.5
+    expected = [0.2, 0.4, 0.5] if kind == "linear" else [0.2, 0.36, 0.488, 0.5]
+    assert levels == pytest.approx(expected)
+    model = tiny_bert()
+    pruner = IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model, steps=2), schedule=kind, step=0.2)
+    pruner.compress()
+    total = sum(m.numel() for m in pruner.tickets[0].masks.values())
+    assert [r["target_sparsity"] for r in pruner.trajectory] == [0.0] + levels
+    for record, ticket in zip(pruner.trajectory, pruner.tickets):
+        assert abs(ticket.sparsity - record["target_sparsity"]) * total <= 1.0  # within one weight
+
+
+def test_applied_ticket_keeps_pruned_weights_exactly_zero_under_adamw_weight_decay():
+    model = tiny_bert()
+    ticket = Ticket.from_model(model, global_magnitude_masks(prunable_weights(model), 0.6))
+    applied = ticket.apply(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    x = torch.randint(1, 64, (4, 10))
+    for _ in range(5):
+        model(input_ids=x, labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    live = prunable_weights(model)
+    for key, mask in ticket.masks.items():
+        assert bool((live[key][~mask] == 0).all())
+        assert bool((live[key][mask] != 0).any())  # survivors did train
+    applied.remove()
+
+
+def test_imp_rewinds_survivors_bitwise_to_theta0_and_keeps_pruned_zero():
+    model = tiny_bert()
+    theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}
+    starts = []
+    evaluator = toy_evaluator(model, steps=4)
+    train = evaluator.training_func
+
+    def recording(model, *args, **kwargs):
+        starts.append({n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()})
+        train(model, *args, **kwargs)
+    evaluator.training_func = recording
+    pruner = IMPPruner(model, bert_config_list(model, 0.4), evaluator, step=0.2)
+    pruner.compress()
+    for level in (1, 2):
+        mask = pruner.tickets[level].masks
+        for key, w0 in theta0.items():
+            got = starts[level]["bert." + key]
+            assert torch.equal(got, torch.where(mask[key], w0, torch.zeros(()))), key
+    pruner.unwrap_model()
+    live = prunable_weights(model)
+    for key, m in pruner.tickets[-1].masks.items():
+        assert bool((live[key][~m] == 0).all())
+
+
+def test_rewind_to_theta_i_and_head_policies():
+    results = {}
+    for head in ("keep", "rewind", "reinit"):
+        model = tiny_bert()
+        starts, ends = [], []
+        evaluator = toy_evaluator(model, steps=5)
+        train = evaluator.training_func
+
+        def recording(model, optimizer, *args, **kwargs):
+            starts.append({n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()})
+            if not ends:  # first round: record the weights after step 2
+                optimizer.register_step_post_hook(lambda *a: ends.append(
+                    {n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()}))
+            train(model, optimizer, *args, **kwargs)
+            if len(starts) == 1:
+                ends.append({n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()})
+        evaluator.training_func = recording
+        pruner = IMPPruner(model, bert_config_list(model, 0.2), evaluator, step=0.2, rewind=2, head=head)
+        pruner.compress()
+        theta2, trained = ends[1], ends[-1]
+        mask = pruner.tickets[1].masks
+        q = "bert.encoder.layer.0.attention.self.query.weight"
+        key = q[len("bert."):]
+        assert torch.equal(starts[1][q], torch.where(mask[key], theta2[q], torch.zeros(())))
+        assert torch.equal(starts[1]["bert.embeddings.word_embeddings.weight"],
+                           theta2["bert.embeddings.word_embeddings.weight"])
+        assert pruner.tickets[1].weights is not None and pruner.tickets[1].rewind == "theta_i:2"
+        results[head] = (starts[1]["classifier.weight"], theta2["classifier.weight"], trained["classifier.weight"])
+    assert torch.equal(results["keep"][0], results["keep"][2])
+    assert torch.equal(results["rewind"][0], results["rewind"][1])
+    assert not torch.equal(results["reinit"][0], results["reinit"][1])
+    assert not torch.equal(results["reinit"][0], results["reinit"][2])
+
+
+def test_standard_pruning_keeps_trained_weights():
+    model = tiny_bert()
+    theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}
+    pruner = IMPPruner(model, bert_config_list(model, 0.2), toy_evaluator(model), step=0.2, rewind=None)
+    pruner.compress()
+    pruner.unwrap_model()
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(prunable_weights(model)[key], theta0[key])
+    assert pruner.tickets[-1].algorithm == "standard"
+
+
+def test_same_seed_same_masks_and_different_seed_differs():
+    def run(seed, cls=IMPPruner):
+        model = tiny_bert()
+        if cls is RandomPruner:
+            return RandomPruner(model, bert_config_list(model, 0.5), seed=seed).compress()[1]
+        pruner = IMPPruner(model, bert_config_list(model, 0.4), toy_evaluator(model), step=0.2, seed=seed)
+        return pruner.compress()[1]
+    for cls in (IMPPruner, RandomPruner):
+        a, b, c = run(0, cls), run(0, cls), run(7, cls)
+        assert all(torch.equal(a[k]["weight"], b[k]["weight"]) for k in a)
+        assert any(not torch.equal(a[k]["weight"], c[k]["weight"]) for k in a)
+
+
+def test_random_pruner_is_global_and_exact():
+    model = tiny_bert()
+    _, masks = RandomPruner(model, bert_config_list(model, 0.5), seed=3).compress()
+    flat = {k: v["weight"].bool() for k, v in masks.items()}
+    total = sum(m.numel() for m in flat.values())
+    assert sum(int((~m).sum()) for m in flat.values()) == count_to_prune(total, 0.5)
+    per_layer = [1 - float(m.float().mean()) for m in flat.values()]
+    assert max(per_layer) != min(per_layer)  # global, not per-layer
+    assert sparsity(random_masks(prunable_weights(model), 0.3, seed=1)) == pytest.approx(0.3, abs=1 / total)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.5", True])
+def test_bad_sparsity_is_a_clear_error(bad):
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="sparse_ratio must be a number in \\[0, 1\\)"):
+        bert_config_list(model, bad)
+    with pytest.raises(ValueError, match="\\[0, 1\\)"):
+        global_magnitude_masks(prunable_weights(model), 1.0 if bad is True else bad)
+
+
+def test_config_matching_no_module_is_a_clear_error(tmp_path):
+    model = tiny_bert()
+    config = [{"op_names": ["bert.encoder.layer.9.attention.self.query"], "target_names": ["weight"],
+               "sparse_ratio": 0.5}]
+    with pytest.raises(ValueError, match="does not have"):
+        IMPPruner(model, config, toy_evaluator(model), output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="no prunable BERT matrices"):
+        bert_config_list(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.5)
+
+
+def test_config_with_pattern_matching_nothing_is_a_clear_error():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="matches no module"):
+        RandomPruner(model, [{"op_names_re": ["nothing\\..*"], "target_names": ["weight"], "sparse_ratio": 0.5}])
+    with pytest.raises(ValueError, match="\\[0, 1\\)"):
+        RandomPruner(model, [{"op_types": ["Linear"], "target_names": ["weight"], "sparse_ratio": 1.2}])
