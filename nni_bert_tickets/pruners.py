@@ -308,6 +308,6 @@ def _unwrapped(name: str) -> str:
 
 
 def _atomic(write: Callable[[str], Any], path: str) -> None:
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # one per process: data-parallel ranks may write the same file
     write(tmp)
     os.replace(tmp, path)

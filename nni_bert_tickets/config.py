@@ -1,0 +1,132 @@
+"""Typed experiment settings: the single source of truth for CLI flags, YAML files, run names and logs.
+
+Every field of :class:`ExperimentConfig` is a ``--flag`` (underscores become dashes), a YAML key, and part
+of the run's hash name, except the fields in ``NOT_HASHED`` (where output goes, how verbose it is).
+Precedence: defaults < ``--config FILE`` < explicit flags.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from .training import TrainConfig
+
+__all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
+NOT_HASHED = ("output_root", "log_level", "name")
+
+
+@dataclass
+class ExperimentConfig:
+    # what
+    task: str = "rte"
+    model: str = "bert-base-uncased"            # Hub id or local path
+    data_dir: Optional[str] = None              # None: nyu-mll/glue from the Hub; else <dir>/<task>/<split>.jsonl
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    # pruning
+    target_sparsity: float = 0.7
+    schedule: str = "linear"                    # linear (reference code) | geometric (paper's text)
+    step: float = 0.1
+    rewind: Optional[float] = 0                 # 0: θ0; int k: step k; float in (0,1): fraction; None: standard
+    head: str = "keep"                          # keep | rewind | reinit
+    # training (the paper's defaults)
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    epochs: float = 3.0
+    max_steps: Optional[int] = None
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.0
+    eval_batch_size: int = 128
+    max_length: int = 128
+    padding: str = "dynamic"
+    group_by_length: bool = True
+    seed: int = 42
+    # bookkeeping
+    output_root: str = "runs"
+    name: Optional[str] = None                  # default: <task>-<hash of the settings>
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # 2 and 2.0 are the same setting, and hash the same
+            value = getattr(self, f.name)
+            if _kind(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
+                    and f.name != "rewind":
+                setattr(self, f.name, float(value))
+        if isinstance(self.rewind, float) and self.rewind >= 1 and self.rewind.is_integer():
+            self.rewind = int(self.rewind)  # a step count written as 100.0
+        elif self.rewind == 0:
+            self.rewind = 0
+
+    def train_config(self) -> TrainConfig:
+        names = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+    def hashed(self) -> Dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_HASHED}
+
+    def run_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.hashed(), sort_keys=True).encode()).hexdigest()[:10]
+        return self.name or f"{self.task}-{digest}"
+
+    def validate(self) -> "ExperimentConfig":
+        from .glue import get_task
+        from .targets import check_sparsity
+        get_task(self.task)
+        check_sparsity(self.target_sparsity, "target_sparsity")
+        choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
+                   "padding": ("dynamic", "max_length")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
+                                            or 0 < self.rewind < 1):
+            raise ValueError(f"rewind must be 0, a step count, a fraction in (0, 1) or null, got {self.rewind!r}")
+        return self
+
+
+def _kind(tp) -> type:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    known = {f.name for f in fields(ExperimentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return values
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, description: str = "") -> ExperimentConfig:
+    """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file of settings (flags given here override it)")
+    for f in fields(ExperimentConfig):
+        kind = _kind(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                                help=f"(default {f.default})")
+        elif f.name == "rewind":
+            parser.add_argument(flag, type=lambda s: None if s.lower() in ("none", "null") else float(s),
+                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+    args = vars(parser.parse_args(argv))
+    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    values.update({k: v for k, v in args.items() if v is not None or k == "rewind"})
+    return ExperimentConfig(**values).validate()

@@ -1,0 +1,108 @@
+"""The IMP experiment on a GLUE task: one run directory per settings, resumable, never recomputed.
+
+A run directory ``<output_root>/<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
+``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from .config import ExperimentConfig
+from .glue import get_task, load_glue, tokenize_glue
+from .pruners import IMPPruner
+from .targets import bert_config_list
+from .training import FineTuner
+
+__all__ = ["run_imp", "prepare", "format_trajectory"]
+_log = logging.getLogger(__name__)
+
+
+def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None):
+    """Load tokenizer, data and model for ``config``; returns ``(model, FineTuner)``. Fails before training on
+    an unknown task, unreadable path or missing column."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    task = get_task(config.task)
+    data = load_glue(task, config.data_dir)
+    for split, limit in [("train", config.max_train_samples)] + [(s, config.max_eval_samples) for s in task.eval_splits]:
+        if limit is not None and limit < len(data[split]):
+            data[split] = data[split].select(range(limit))
+    if config.model and not _is_hub_id(config.model) and not os.path.isdir(config.model):
+        raise FileNotFoundError(f"model path {config.model!r} is not a folder (nor a Hub id)")
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    tokenized = tokenize_glue(data, tokenizer, task, config.max_length, config.padding)
+    set_seed(config.seed)  # the task head's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=task.num_labels)
+    return model, FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator)
+
+
+def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Find tickets with IMP for ``config``; returns (and writes) the metrics per round."""
+    accelerator = accelerator or Accelerator(cpu=None)
+    run_dir = Path(config.output_root) / config.run_name()
+    finished = run_dir / "metrics.json"
+    if finished.exists():
+        _log.info("%s is finished already; nothing to do", run_dir)
+        return json.loads(finished.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _log_to(run_dir / "log.txt", config.log_level) if accelerator.is_main_process else None
+    try:
+        if accelerator.is_main_process:
+            _write(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        model, tuner = prepare(config, accelerator)
+        pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity), tuner.evaluator(model),
+                           schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
+                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"))
+        pruner.compress()
+        results = {"run": config.run_name(), "task": config.task, "model": config.model,
+                   "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],
+                   "trajectory": pruner.trajectory}
+        if accelerator.is_main_process:
+            _write(finished, json.dumps(results, indent=1, default=str))
+        _log.info("IMP on %s finished: %s", config.task, finished)
+        return results
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+
+
+def format_trajectory(results: Dict[str, Any]) -> str:
+    """The per-round table: round, sparsity, the ticket's metric, the full model's metric."""
+    name, full = results["metric"], results["full_model"]
+    lines = [f"| round | sparsity | {name} | full model |", "|---:|---:|---:|---:|"]
+    for r in results["trajectory"]:
+        lines.append(f"| {r['round']} | {r['sparsity']:.1%} | {_num(r['metric'])} | {_num(full)} |")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _is_hub_id(name: str) -> bool:
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not os.path.exists(name)
+
+
+def _log_to(path: Path, level: str) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,155 @@
+"""GLUE: the nine tasks, their data (Hub or a local jsonl folder), tokenisation, batching and metrics.
+
+Metrics are computed locally with scipy / scikit-learn (``evaluate.load`` would fetch scripts from the Hub).
+The main metric per task is the one the paper reports: Matthews correlation (CoLA), Pearson (STS-B),
+matched accuracy (MNLI), accuracy elsewhere; F1 is reported beside accuracy for MRPC and QQP.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+__all__ = ["GlueTask", "TASKS", "get_task", "compute_metrics", "load_glue", "tokenize_glue",
+           "LengthGroupedBatchSampler", "DataError"]
+_log = logging.getLogger(__name__)
+HUB_DATASET = "nyu-mll/glue"
+
+
+class DataError(ValueError):
+    """Unknown task, unreadable path, or data without the columns a task needs."""
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str
+    text_columns: Tuple[str, ...]
+    num_labels: int                      # 1 = regression
+    eval_splits: Tuple[str, ...] = ("validation",)
+    metric: str = "accuracy"             # the paper's main metric
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+
+TASKS: Dict[str, GlueTask] = {t.name: t for t in [
+    GlueTask("cola", ("sentence",), 2, metric="matthews_correlation"),
+    GlueTask("sst2", ("sentence",), 2),
+    GlueTask("mrpc", ("sentence1", "sentence2"), 2),
+    GlueTask("stsb", ("sentence1", "sentence2"), 1, metric="pearson"),
+    GlueTask("qqp", ("question1", "question2"), 2),
+    GlueTask("mnli", ("premise", "hypothesis"), 3, ("validation_matched", "validation_mismatched")),
+    GlueTask("qnli", ("question", "sentence"), 2),
+    GlueTask("rte", ("sentence1", "sentence2"), 2),
+    GlueTask("wnli", ("sentence1", "sentence2"), 2),
+]}
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
+
+
+def get_task(name: str) -> GlueTask:
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in TASKS:
+        raise DataError(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+def compute_metrics(task: GlueTask | str, predictions: np.ndarray, references: np.ndarray) -> Dict[str, float]:
+    """The task's metrics from predictions (class ids, or scores for STS-B) and references."""
+    task = get_task(task) if isinstance(task, str) else task
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if task.is_regression:
+        return {"pearson": float(pearsonr(predictions, references)[0]),
+                "spearman": float(spearmanr(predictions, references)[0])}
+    out = {"accuracy": float(accuracy_score(references, predictions))}
+    if task.name == "cola":
+        out["matthews_correlation"] = float(matthews_corrcoef(references, predictions))
+    if task.name in ("mrpc", "qqp"):
+        out["f1"] = float(f1_score(references, predictions))
+    return out
+
+
+def load_glue(task: GlueTask | str, data_dir: Optional[str] = None, splits: Optional[Sequence[str]] = None):
+    """A ``DatasetDict`` with ``train`` and the task's evaluation splits.
+
+    ``data_dir=None`` loads ``nyu-mll/glue`` from the Hub; otherwise ``<data_dir>/<task>/<split>.jsonl`` with
+    the Hub's column names (the layout of ``../shared/data/glue``). Missing files or columns fail here,
+    before any training starts.
+    """
+    import datasets
+
+    task = get_task(task) if isinstance(task, str) else task
+    splits = list(splits or ("train", *task.eval_splits))
+    if data_dir is None:
+        data = datasets.load_dataset(HUB_DATASET, task.name)
+        data = datasets.DatasetDict({s: data[s] for s in splits})
+    else:
+        folder = os.path.join(data_dir, task.name)
+        files = {s: os.path.join(folder, f"{s}.jsonl") for s in splits}
+        missing = [f for f in files.values() if not os.path.isfile(f)]
+        if missing:
+            raise DataError(f"GLUE {task.name}: cannot read {missing[0]} (expected <data_dir>/{task.name}/"
+                            f"<split>.jsonl for splits {splits})")
+        data = datasets.load_dataset("json", data_files=files)
+    for split, dataset in data.items():
+        absent = [c for c in (*task.text_columns, "label") if c not in dataset.column_names]
+        if absent:
+            raise DataError(f"GLUE {task.name} {split}: missing column(s) {absent}; has {dataset.column_names}")
+        if len(dataset) and dataset[0]["label"] is None:
+            raise DataError(f"GLUE {task.name} {split}: labels are empty (a test split?)")
+    return data
+
+
+def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, padding: str = "dynamic"):
+    """Tokenise every split once (``datasets`` caches the result on disk and reuses it on reruns).
+
+    ``padding='dynamic'`` truncates to ``max_length`` and leaves padding to the collator (pad to the
+    longest in the batch); ``'max_length'`` pads everything to ``max_length``, the reference path.
+    """
+    if padding not in ("dynamic", "max_length"):
+        raise ValueError(f"padding must be 'dynamic' or 'max_length', got {padding!r}")
+    task = get_task(task) if isinstance(task, str) else task
+
+    def encode(batch):
+        texts = [batch[c] for c in task.text_columns]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length,
+                        padding="max_length" if padding == "max_length" else False)
+        enc["labels"] = [float(x) for x in batch["label"]] if task.is_regression else batch["label"]
+        return enc
+
+    columns = data["train"].column_names if "train" in data else next(iter(data.values())).column_names
+    out = data.map(encode, batched=True, remove_columns=columns, desc=f"tokenizing {task.name}")
+    return out.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler[List[int]]):
+    """Shuffled batches of similar-length examples, so dynamic padding wastes little.
+
+    Indices are shuffled, cut into mega-batches of ``mega * batch_size``, each sorted by length and cut into
+    batches; the batch order is shuffled again. Seeded through ``torch``'s global RNG at each ``__iter__``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, mega: int = 50, shuffle: bool = True):
+        self.lengths, self.batch_size, self.mega, self.shuffle = list(lengths), batch_size, mega, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        n = len(self.lengths)
+        order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
+        size = self.mega * self.batch_size
+        batches = []
+        for start in range(0, n, size):
+            chunk = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        return iter(batches)

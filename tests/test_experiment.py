@@ -1,0 +1,82 @@
+"""The GLUE experiment end to end on the embedded model and real data: run dirs, rerun, kill-and-resume."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nni_bert_tickets.config import ExperimentConfig
+from nni_bert_tickets.experiment import run_imp
+from nni_bert_tickets.glue import DataError
+from nni_bert_tickets.ticket import Ticket
+from nni_bert_tickets.training import FineTuner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path, minilm_path, glue_dir, **overrides):
+    settings = dict(task="rte", model=minilm_path, data_dir=glue_dir, max_train_samples=48, max_eval_samples=32,
+                    batch_size=16, max_steps=2, target_sparsity=0.2, step=0.1, learning_rate=1e-4, seed=3,
+                    output_root=str(tmp_path))
+    settings.update(overrides)
+    return ExperimentConfig(**settings).validate()
+
+
+def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path, glue_dir, monkeypatch):
+    straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir))
+    assert [round(r["target_sparsity"], 6) for r in straight["trajectory"]] == [0.0, 0.1, 0.2]
+
+    config = _config(tmp_path / "b", minilm_path, glue_dir)
+    original, calls = FineTuner.train, []
+
+    def killed_in_round_two(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(FineTuner, "train", killed_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_imp(config)
+    run_dir = tmp_path / "b" / config.run_name()
+    assert not (run_dir / "metrics.json").exists()
+    monkeypatch.setattr(FineTuner, "train", original)
+    resumed = run_imp(config)
+
+    assert [r["metrics"] for r in resumed["trajectory"]] == [r["metrics"] for r in straight["trajectory"]]
+    for level in range(3):
+        a = Ticket.load(tmp_path / "a" / config.run_name() / "imp" / f"ticket-round{level:02d}.safetensors")
+        b = Ticket.load(run_dir / "imp" / f"ticket-round{level:02d}.safetensors")
+        assert a.masks.keys() == b.masks.keys() and all((a.masks[k] == b.masks[k]).all() for k in a.masks)
+    assert (run_dir / "config.yaml").exists() and (run_dir / "log.txt").exists()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+    monkeypatch.setattr(FineTuner, "train", must_not_train)
+    assert run_imp(config)["trajectory"] == resumed["trajectory"]
+
+
+def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeypatch):
+    monkeypatch.setattr(FineTuner, "train", lambda *a, **k: pytest.fail("trained despite bad input"))
+    with pytest.raises(DataError, match="cannot read"):
+        run_imp(_config(tmp_path, minilm_path, str(tmp_path / "no-data")))
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        run_imp(_config(tmp_path, str(tmp_path / "no-model"), glue_dir))
+
+
+def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
+    """``accelerate launch --cpu --num_processes 2`` runs the same driver to the same kind of result."""
+    args = ["--task", "wnli", "--model", minilm_path, "--data-dir", glue_dir, "--max-train-samples", "64",
+            "--max-eval-samples", "32", "--batch-size", "8", "--max-steps", "2", "--target-sparsity", "0.1",
+            "--output-root", str(tmp_path), "--log-level", "WARNING"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    out = subprocess.run(launch + [str(ROOT / "examples" / "glue.py"), *args], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["trajectory"]) == 2 and 0 <= metrics["trajectory"][1]["metric"] <= 1
+    assert "| 1 | 10.0% |" in out.stdout
