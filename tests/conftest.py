@@ -1,6 +1,10 @@
 import os
 from pathlib import Path
 
+# Tests never reach for the Hub: the embedded model and ../shared data, or tiny models built in code.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import nni
 import pytest
 import torch
