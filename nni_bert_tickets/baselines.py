@@ -19,7 +19,7 @@ from . import masks as M
 from .targets import prunable_modules
 from .ticket import Ticket, prunable_weights
 
-__all__ = ["random_ticket", "one_shot_magnitude_ticket", "reinitialize", "shuffle_weights", "BASELINES"]
+__all__ = ["random_ticket", "one_shot_magnitude_ticket", "reinitialize", "shuffle_weights", "init_module_"]
 
 
 def random_ticket(ticket: Ticket, seed: int = 0) -> Ticket:
@@ -41,15 +41,31 @@ def reinitialize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     baseline is a model built from its config.
     """
     body = getattr(model, "base_model", model)
-    init = getattr(model, "_init_weights", None)
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for module in body.modules():
-            if init is not None and _has_own_params(module):
-                init(module)
-            elif hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+    for module in body.modules():
+        init_module_(module, _init_std(model))
     return model
+
+
+def init_module_(module: torch.nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation of one module, in place: N(0, std) weights for Linear and Embedding, zero biases,
+    LayerNorm to (1, 0). Written out because ``PreTrainedModel._init_weights`` skips loaded modules."""
+    with torch.no_grad():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.normal_(0.0, std)
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, torch.nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif list(module.parameters(recurse=False)) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def _init_std(model: torch.nn.Module) -> float:
+    return float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
 
 
 def shuffle_weights(model: torch.nn.Module, seed: int = 0,
@@ -86,10 +102,6 @@ def shuffle_weights(model: torch.nn.Module, seed: int = 0,
     return model
 
 
-def _has_own_params(module: torch.nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False))
-
-
 def _layer_index(name: str):
     parts = name.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -103,5 +115,3 @@ def _within_layer(name: str) -> str:
     i = parts.index("layer")
     return ".".join(parts[i + 2:])
 
-
-BASELINES = ("imp", "random_pruning", "random_reinit", "shuffled", "oneshot", "standard")

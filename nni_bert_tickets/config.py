@@ -20,6 +20,13 @@ from .training import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
 NOT_HASHED = ("output_root", "log_level", "name")
+# Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
+# are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
+EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "shuffle_mode", "rewind_points",
+                     "transfer_tasks", "transfer_sparsity")
+TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
+                   "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
+                   "eval_batch_size", "max_length", "padding", "group_by_length")
 
 
 @dataclass
@@ -49,6 +56,15 @@ class ExperimentConfig:
     padding: str = "dynamic"
     group_by_length: bool = True
     seed: int = 42
+    # which experiment (examples/glue.py): imp | table2 | table3 | transfer
+    experiment: str = "imp"
+    seeds: int = 3                              # full-model fine-tunings (mean ± std) for the verdicts
+    baselines: List[str] = dataclasses.field(default_factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
+    baseline_sparsities: Optional[List[float]] = None  # None: every IMP level
+    shuffle_mode: str = "layers"                # θ0'': layers (reference code) | within
+    rewind_points: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
+    transfer_tasks: List[str] = dataclasses.field(default_factory=lambda: ["rte", "mrpc", "stsb", "cola", "sst2"])
+    transfer_sparsity: float = 0.7
     # bookkeeping
     output_root: str = "runs"
     name: Optional[str] = None                  # default: <task>-<hash of the settings>
@@ -58,7 +74,9 @@ class ExperimentConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # 2 and 2.0 are the same setting, and hash the same
             value = getattr(self, f.name)
-            if _kind(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
+            if _element(hints[f.name]) is float and value is not None:
+                setattr(self, f.name, [float(v) for v in value])
+            elif _kind(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
                     and f.name != "rewind":
                 setattr(self, f.name, float(value))
         if isinstance(self.rewind, float) and self.rewind >= 1 and self.rewind.is_integer():
@@ -71,7 +89,12 @@ class ExperimentConfig:
         return TrainConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
 
     def hashed(self) -> Dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_HASHED}
+        """The settings that make an IMP run what it is (its name is a hash of them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_HASHED + EXPERIMENT_FIELDS}
+
+    def training_settings(self) -> Dict[str, Any]:
+        """The settings of one fine-tuning: data, model, optimisation (not pruning, not the seed)."""
+        return {k: getattr(self, k) for k in TRAINING_FIELDS}
 
     def run_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.hashed(), sort_keys=True).encode()).hexdigest()[:10]
@@ -83,19 +106,37 @@ class ExperimentConfig:
         get_task(self.task)
         check_sparsity(self.target_sparsity, "target_sparsity")
         choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
-                   "padding": ("dynamic", "max_length")}
+                   "padding": ("dynamic", "max_length"), "shuffle_mode": ("layers", "within"),
+                   "experiment": ("imp", "table2", "table3", "transfer")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        unknown = sorted(set(self.baselines) - set(BASELINE_KINDS))
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {BASELINE_KINDS}")
+        for task in self.transfer_tasks:
+            get_task(task)
+        check_sparsity(self.transfer_sparsity, "transfer_sparsity")
         if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
                                             or 0 < self.rewind < 1):
             raise ValueError(f"rewind must be 0, a step count, a fraction in (0, 1) or null, got {self.rewind!r}")
         return self
 
 
+BASELINE_KINDS = ("random_pruning", "random_reinit", "shuffled", "oneshot")
+
+
 def _kind(tp) -> type:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
+    """``Optional[X]`` -> X; anything else unchanged."""
+    if typing.get_origin(tp) is typing.Union:
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return tp
+
+
+def _element(tp):
+    """The element type of ``List[X]`` / ``Optional[List[X]]``, else None."""
+    kind = _kind(tp)
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
@@ -118,7 +159,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = "") -> E
     for f in fields(ExperimentConfig):
         kind = _kind(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
+        if _element(hints[f.name]) is not None:
+            parser.add_argument(flag, nargs="+", type=_element(hints[f.name]), default=None,
+                                help=f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()})")
+        elif kind is bool:
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                                 help=f"(default {f.default})")
         elif f.name == "rewind":

@@ -227,12 +227,12 @@ class IMPPruner(_TicketPruner):
                         space.target.masked_fill_(~space.mask.bool(), 0.0)
 
     def _reinit_head(self, level: int) -> None:
+        from .baselines import _init_std, init_module_
         torch.manual_seed(self.seed * 1000 + level)
-        init = getattr(self.bound_model, "_init_weights", None)
         prefix = base_prefix(self.bound_model)
         for name, module in self.bound_model.named_modules():
-            if name and not name.startswith(prefix.rstrip(".")) and not list(module.children()):
-                init(module) if init is not None else getattr(module, "reset_parameters", lambda: None)()
+            if name and prefix and not name.startswith(prefix) and name != prefix.rstrip("."):
+                init_module_(module, _init_std(self.bound_model))
 
     def _head_names(self) -> set:
         prefix = base_prefix(self.bound_model)

@@ -160,3 +160,15 @@ def test_interrupted_imp_resumes_to_the_same_masks_and_metrics(tmp_path):
     _, calls = run(tmp_path / "b")
     assert calls == 0  # a finished run does nothing
     assert sorted(os.listdir(tmp_path / "b"))[:2] == ["imp_state.safetensors", "ticket-round00.safetensors"]
+
+
+def test_reinitialize_really_redraws_a_loaded_pretrained_body(minilm_path):
+    """transformers skips its own _init_weights on loaded modules; θ0′ must not silently stay θ0."""
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+    before = {k: v.detach().clone() for k, v in model.base_model.named_parameters()}
+    reinitialize(model, seed=0)
+    after = dict(model.base_model.named_parameters())
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == ["pooler.dense.bias"]  # zero before and after
+    q = after["encoder.layer.0.attention.self.query.weight"]
+    assert abs(float(q.std()) - model.config.initializer_range) < 0.002
