@@ -1,28 +1,16 @@
-"""Find lottery tickets for a GLUE task with IMP.
+"""Find and evaluate lottery tickets on GLUE.
 
     accelerate launch examples/glue.py --config examples/configs/quickstart.yaml
-    python examples/glue.py --task rte --model bert-base-uncased --target-sparsity 0.6
+    accelerate launch examples/glue.py --task rte --model bert-base-uncased --target-sparsity 0.6
+    accelerate launch examples/glue.py --config examples/configs/smoke/table2-rte.yaml    # a paper table
 
-Every setting is a flag and a YAML key (see ``nni_bert_tickets.config.ExperimentConfig``). Runs land in
-``runs/<task>-<hash>/``; rerunning a finished run does nothing and an interrupted one resumes.
+``experiment`` picks what runs: ``imp`` (one IMP run, the per-round table), ``table2`` (full model over
+seeds, IMP, random pruning / re-initialisation / shuffled baselines), ``table3`` (rewinding to θi, standard
+pruning) or ``transfer`` (the Figure-3 matrix). Every setting is a flag and a YAML key
+(``nni_bert_tickets.config.ExperimentConfig``). Finished runs are never recomputed; interrupted ones resume.
+Render the tables and plots with ``python -m nni_bert_tickets.report <output_root>``.
 """
-import logging
-
-from accelerate import Accelerator
-
-from nni_bert_tickets.config import parse_args
-from nni_bert_tickets.experiment import format_trajectory, run_imp
-
-
-def main(argv=None):
-    config = parse_args(argv, description=__doc__)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    accelerator = Accelerator()
-    results = run_imp(config, accelerator)
-    if accelerator.is_main_process:
-        print(f"\nIMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}")
-    return results
-
+from nni_bert_tickets.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(description=__doc__)

@@ -23,16 +23,16 @@ NOT_HASHED = ("output_root", "log_level", "name")
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "shuffle_mode", "rewind_points",
-                     "transfer_tasks", "transfer_sparsity")
+                     "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
-                   "eval_batch_size", "max_length", "padding", "group_by_length")
+                   "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability")
 
 
 @dataclass
 class ExperimentConfig:
     # what
-    task: str = "rte"
+    task: str = "rte"                           # a GLUE task, squad or mlm
     model: str = "bert-base-uncased"            # Hub id or local path
     data_dir: Optional[str] = None              # None: nyu-mll/glue from the Hub; else <dir>/<task>/<split>.jsonl
     max_train_samples: Optional[int] = None
@@ -55,6 +55,8 @@ class ExperimentConfig:
     max_length: int = 128
     padding: str = "dynamic"
     group_by_length: bool = True
+    doc_stride: int = 128                       # SQuAD: overlap of the windows over long contexts
+    mlm_probability: float = 0.15               # MLM: fraction of tokens masked
     seed: int = 42
     # which experiment (examples/glue.py): imp | table2 | table3 | transfer
     experiment: str = "imp"
@@ -64,7 +66,9 @@ class ExperimentConfig:
     shuffle_mode: str = "layers"                # θ0'': layers (reference code) | within
     rewind_points: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
     transfer_tasks: List[str] = dataclasses.field(default_factory=lambda: ["rte", "mrpc", "stsb", "cola", "sst2"])
+    transfer_sources: List[str] = dataclasses.field(default_factory=list)  # extra ticket sources, e.g. [mlm]
     transfer_sparsity: float = 0.7
+    mlm_data_dir: Optional[str] = None          # data_dir of an mlm source (None: WikiText-2 from the Hub)
     # bookkeeping
     output_root: str = "runs"
     name: Optional[str] = None                  # default: <task>-<hash of the settings>
@@ -90,18 +94,30 @@ class ExperimentConfig:
 
     def hashed(self) -> Dict[str, Any]:
         """The settings that make an IMP run what it is (its name is a hash of them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_HASHED + EXPERIMENT_FIELDS}
+        return self._identity(f.name for f in fields(self) if f.name not in NOT_HASHED + EXPERIMENT_FIELDS)
 
     def training_settings(self) -> Dict[str, Any]:
         """The settings of one fine-tuning: data, model, optimisation (not pruning, not the seed)."""
-        return {k: getattr(self, k) for k in TRAINING_FIELDS}
+        return self._identity(TRAINING_FIELDS)
+
+    def _identity(self, names) -> Dict[str, Any]:
+        """The named settings that differ from their defaults (plus task and model, always), so that adding a
+        setting with a default later leaves every earlier run's name, and so its results, valid."""
+        out = {}
+        for f in fields(self):
+            if f.name in names:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                value = getattr(self, f.name)
+                if value != default or f.name in ("task", "model"):
+                    out[f.name] = value
+        return out
 
     def run_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.hashed(), sort_keys=True).encode()).hexdigest()[:10]
         return self.name or f"{self.task}-{digest}"
 
     def validate(self) -> "ExperimentConfig":
-        from .glue import get_task
+        from .tasks import get_task
         from .targets import check_sparsity
         get_task(self.task)
         check_sparsity(self.target_sparsity, "target_sparsity")
@@ -114,7 +130,7 @@ class ExperimentConfig:
         unknown = sorted(set(self.baselines) - set(BASELINE_KINDS))
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; known: {BASELINE_KINDS}")
-        for task in self.transfer_tasks:
+        for task in [*self.transfer_tasks, *self.transfer_sources]:
             get_task(task)
         check_sparsity(self.transfer_sparsity, "transfer_sparsity")
         if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
@@ -151,8 +167,10 @@ def load_yaml(path: str) -> Dict[str, Any]:
     return values
 
 
-def parse_args(argv: Optional[Sequence[str]] = None, description: str = "") -> ExperimentConfig:
-    """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate."""
+def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
+               default_task: Optional[str] = None) -> ExperimentConfig:
+    """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate.
+    ``default_task`` replaces the ``task`` default (``examples/squad.py`` defaults to ``squad``)."""
     hints = typing.get_type_hints(ExperimentConfig)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML file of settings (flags given here override it)")
@@ -171,6 +189,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = "") -> E
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
     args = vars(parser.parse_args(argv))
-    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    values = {"task": default_task} if default_task else {}
+    values.update(load_yaml(args.pop("config")) if args.get("config") else {})
+    args.pop("config", None)
     values.update({k: v for k, v in args.items() if v is not None or k == "rewind"})
     return ExperimentConfig(**values).validate()

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from .config import ExperimentConfig
-from .glue import get_task, load_glue, tokenize_glue
+from .tasks import get_task
 from .pruners import IMPPruner
 from .targets import bert_config_list
 from .training import FineTuner
@@ -29,20 +29,16 @@ _log = logging.getLogger(__name__)
 def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None):
     """Load tokenizer, data and model for ``config``; returns ``(model, FineTuner)``. Fails before training on
     an unknown task, unreadable path or missing column."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    task = get_task(config.task)
-    data = load_glue(task, config.data_dir)
-    for split, limit in [("train", config.max_train_samples)] + [(s, config.max_eval_samples) for s in task.eval_splits]:
-        if limit is not None and limit < len(data[split]):
-            data[split] = data[split].select(range(limit))
+    task = get_task(config.task, config)
+    data = task.load(config)
     if config.model and not _is_hub_id(config.model) and not os.path.isdir(config.model):
         raise FileNotFoundError(f"model path {config.model!r} is not a folder (nor a Hub id)")
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    tokenized = tokenize_glue(data, tokenizer, task, config.max_length, config.padding)
+    tokenized = task.tokenize(data, tokenizer, config)
     set_seed(config.seed)  # the task head's initialisation
-    model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=task.num_labels)
-    return model, FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator)
+    return task.load_model(config.model), FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator)
 
 
 def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:

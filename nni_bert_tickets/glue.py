@@ -17,7 +17,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["GlueTask", "TASKS", "get_task", "compute_metrics", "load_glue", "tokenize_glue",
+__all__ = ["GlueTask", "TASKS", "get_task", "compute_metrics", "load_glue", "tokenize_glue", "limit_splits",
            "LengthGroupedBatchSampler", "DataError"]
 _log = logging.getLogger(__name__)
 HUB_DATASET = "nyu-mll/glue"
@@ -38,6 +38,37 @@ class GlueTask:
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+    # ---- the task interface FineTuner and prepare() use (see nni_bert_tickets.tasks) ----------------------
+    def load(self, config):
+        return limit_splits(load_glue(self, config.data_dir), config, self.eval_splits)
+
+    def tokenize(self, data, tokenizer, config):
+        return tokenize_glue(data, tokenizer, self, config.max_length, config.padding)
+
+    def load_model(self, name_or_path: str):
+        from transformers import AutoModelForSequenceClassification
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=self.num_labels)
+
+    def collator(self, tokenizer, padding: str):
+        from transformers import DataCollatorWithPadding, default_data_collator
+        return DataCollatorWithPadding(tokenizer) if padding == "dynamic" else default_data_collator
+
+    def evaluate(self, tuner, model) -> Dict[str, float]:
+        """Metrics on every evaluation split; ``'default'`` is the main metric on the first split."""
+        results: Dict[str, float] = {}
+        for split, data in tuner.eval_data.items():
+            preds, refs = [], []
+            for batch in tuner.eval_batches(data):
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                pred = logits.squeeze(-1) if self.is_regression else logits.argmax(-1)
+                pred, ref = tuner.accelerator.gather_for_metrics((pred, batch["labels"]))
+                preds.append(pred.cpu().numpy())
+                refs.append(ref.cpu().numpy())
+            metrics = compute_metrics(self, np.concatenate(preds), np.concatenate(refs))
+            results.update({f"{split}_{k}" if len(tuner.eval_data) > 1 else k: v for k, v in metrics.items()})
+            results.setdefault("default", metrics[self.metric])
+        return results
 
 
 TASKS: Dict[str, GlueTask] = {t.name: t for t in [
@@ -127,6 +158,15 @@ def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, 
     columns = data["train"].column_names if "train" in data else next(iter(data.values())).column_names
     out = data.map(encode, batched=True, remove_columns=columns, desc=f"tokenizing {task.name}")
     return out.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+
+
+def limit_splits(data, config, eval_splits: Sequence[str]):
+    """Keep the first ``max_train_samples`` / ``max_eval_samples`` rows of the splits, when set."""
+    limits = [("train", config.max_train_samples)] + [(s, config.max_eval_samples) for s in eval_splits]
+    for split, limit in limits:
+        if limit is not None and split in data and limit < len(data[split]):
+            data[split] = data[split].select(range(limit))
+    return data
 
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler[List[int]]):

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 import nni
-import numpy as np
 import torch
 from accelerate import Accelerator
 from nni.compression import TorchEvaluator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, default_data_collator
 
-from .glue import GlueTask, LengthGroupedBatchSampler, compute_metrics
+from .glue import LengthGroupedBatchSampler
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
@@ -54,20 +52,21 @@ def linear_decay(total_steps: int, warmup_steps: int = 0) -> Callable[[int], flo
 class FineTuner:
     """Fine-tunes and evaluates a model on one tokenised task.
 
-    ``data`` is a ``DatasetDict`` from :func:`~nni_bert_tickets.glue.tokenize_glue` (``train`` plus the task's
-    evaluation splits); ``tokenizer`` is used for dynamic padding.
+    ``task`` is a task of :mod:`nni_bert_tickets.tasks` (GLUE, MLM or SQuAD): it supplies the collator and the
+    evaluation. ``data`` is its tokenised ``DatasetDict`` (``train`` plus the task's evaluation splits).
     """
 
-    def __init__(self, task: GlueTask, data, tokenizer, config: TrainConfig = TrainConfig(),
+    def __init__(self, task, data, tokenizer, config: TrainConfig = TrainConfig(),
                  accelerator: Optional[Accelerator] = None):
         self.task, self.config = task, config
         self.accelerator = accelerator or Accelerator()
         self.train_data = data["train"].remove_columns([c for c in ("length",) if c in data["train"].column_names])
+        self.tokenizer = tokenizer
         self.lengths = data["train"]["length"] if "length" in data["train"].column_names else None
         self.eval_data = {s: data[s].remove_columns([c for c in ("length",) if c in data[s].column_names])
                           for s in task.eval_splits}
-        dynamic = config.padding == "dynamic"
-        self.collate = DataCollatorWithPadding(tokenizer) if dynamic else default_data_collator
+        self.extra = {s: d for s, d in data.items() if s.startswith("_")}  # task bookkeeping, never batched
+        self.collate = task.collator(tokenizer, config.padding)
         self.steps_done = 0
 
     # ---- sizes --------------------------------------------------------------------------------------------
@@ -124,24 +123,15 @@ class FineTuner:
 
     @torch.no_grad()
     def evaluate(self, model) -> Dict[str, Any]:
-        """Metrics on every evaluation split; ``'default'`` is the task's main metric on the first split."""
-        acc = self.accelerator
+        """The task's metrics on its evaluation splits (``'default'``: the main one)."""
         model.eval()
-        results: Dict[str, Any] = {}
-        for split, data in self.eval_data.items():
-            loader = acc.prepare(DataLoader(data, batch_size=self.config.eval_batch_size, collate_fn=self.collate))
-            preds, refs = [], []
-            for batch in tqdm(loader, desc=f"eval {split}", disable=not acc.is_local_main_process, leave=False):
-                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                pred = logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
-                pred, ref = acc.gather_for_metrics((pred, batch["labels"]))
-                preds.append(pred.cpu().numpy())
-                refs.append(ref.cpu().numpy())
-            metrics = compute_metrics(self.task, np.concatenate(preds), np.concatenate(refs))
-            results.update({f"{split}_{k}" if len(self.eval_data) > 1 else k: v for k, v in metrics.items()})
-            if "default" not in results:
-                results["default"] = metrics[self.task.metric]
-        return results
+        return self.task.evaluate(self, model)
+
+    def eval_batches(self, data, collate=None):
+        """Batches of an evaluation split, sharded over processes (gather with ``gather_for_metrics``)."""
+        loader = DataLoader(data, batch_size=self.config.eval_batch_size, collate_fn=collate or self.collate)
+        return tqdm(self.accelerator.prepare(loader), desc="eval", leave=False,
+                    disable=not self.accelerator.is_local_main_process)
 
     # ---- NNI and direct use -------------------------------------------------------------------------------
     def _optimizer_and_scheduler(self, model, traced: bool):

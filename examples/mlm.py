@@ -1,0 +1,12 @@
+"""Lottery tickets on the masked-language-model objective, and the MLM ticket transferred to GLUE.
+
+    accelerate launch --cpu examples/mlm.py --config examples/configs/smoke/mlm.yaml          # find it
+    accelerate launch --cpu examples/mlm.py --config examples/configs/smoke/transfer-mlm.yaml # transfer it
+
+Offline, WikiText-2's valid.txt trains and test.txt evaluates (masked-token accuracy); the Hub default is
+``Salesforce/wikitext`` (wikitext-2-raw-v1).
+"""
+from nni_bert_tickets.cli import main
+
+if __name__ == "__main__":
+    main(description=__doc__, default_task="mlm")

@@ -1,0 +1,33 @@
+"""The command-line driver behind ``examples/glue.py``, ``examples/squad.py`` and ``examples/mlm.py``."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional, Sequence
+
+from accelerate import Accelerator
+
+from .config import parse_args
+from .experiment import format_trajectory, run_imp
+from .paper import EXPERIMENTS
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[Sequence[str]] = None, description: str = "", default_task: Optional[str] = None):
+    """Parse settings, run the chosen experiment, print its summary on the main process."""
+    config = parse_args(argv, description=description, default_task=default_task)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    accelerator = Accelerator()
+    if config.experiment == "imp":
+        results = run_imp(config, accelerator)
+        summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
+    else:
+        results = EXPERIMENTS[config.experiment](config, accelerator)
+        summary = (f"{config.experiment} done: {config.output_root}/tables/ "
+                   f"(render with: python -m nni_bert_tickets.report {config.output_root})\n"
+                   + json.dumps({k: results[k] for k in ("highest_winning_sparsity", "at_least_own_ticket")
+                                 if k in results}))
+    if accelerator.is_main_process:
+        print("\n" + summary)  # the driver's output, not library logging
+    return results

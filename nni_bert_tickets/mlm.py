@@ -1,0 +1,117 @@
+"""Masked language modelling as a task: tickets found on the pre-training objective (the paper's MLM ticket).
+
+Data: WikiText-2 from the Hub (``Salesforce/wikitext``, ``wikitext-2-raw-v1``) by default, or a folder of
+text files, one paragraph per line: ``train.txt`` and ``validation.txt``, or WikiText's ``valid.txt`` and
+``test.txt`` (as in ``../shared/data/wikitext2``, which lacks the train split: then ``valid.txt`` trains and
+``test.txt`` evaluates, and a warning says so). Text is tokenised once and cut into blocks of ``max_length``.
+The evaluation split is masked once with a fixed seed, so its masked-token accuracy and loss are deterministic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+
+from .glue import DataError, limit_splits
+
+__all__ = ["MLMTask"]
+_log = logging.getLogger(__name__)
+HUB_DATASET = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+
+
+@dataclass(frozen=True)
+class MLMTask:
+    name: str = "mlm"
+    metric: str = "accuracy"             # masked-token accuracy
+    eval_splits: tuple = ("validation",)
+    mlm_probability: float = 0.15
+
+    def load(self, config):
+        import datasets
+        if config.data_dir is None:
+            data = datasets.load_dataset(*HUB_DATASET)
+            data = datasets.DatasetDict({"train": data["train"], "validation": data["validation"]})
+        else:
+            files = _text_files(config.data_dir)
+            data = datasets.load_dataset("text", data_files=files)
+        data = data.filter(lambda row: bool(row["text"].strip()) and not row["text"].strip().startswith("="))
+        return limit_splits(data, config, self.eval_splits)
+
+    def tokenize(self, data, tokenizer, config):
+        block = config.max_length
+
+        def blocks(batch):
+            ids = [i for text in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for i in text]
+            size = block - 2
+            chunks = [ids[i:i + size] for i in range(0, len(ids) - size + 1, size)]
+            first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+            last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+            enc = [[first, *c, last] for c in chunks]
+            return {"input_ids": enc, "attention_mask": [[1] * len(e) for e in enc],
+                    "length": [len(e) for e in enc]}
+        out = data.map(blocks, batched=True, remove_columns=data["train"].column_names, desc="tokenizing mlm")
+        generator = torch.Generator().manual_seed(0)
+        out["validation"] = out["validation"].map(
+            lambda row: _mask(row, tokenizer, self.mlm_probability, generator), desc="masking mlm eval")
+        return out
+
+    def load_model(self, name_or_path: str):
+        from transformers import AutoModelForMaskedLM
+        return AutoModelForMaskedLM.from_pretrained(name_or_path)
+
+    def collator(self, tokenizer, padding: str):
+        from transformers import DataCollatorForLanguageModeling
+        return _MLMCollator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability))
+
+    def evaluate(self, tuner, model) -> Dict[str, float]:
+        from transformers import default_data_collator
+        correct = total = 0
+        loss_sum = 0.0
+        for batch in tuner.eval_batches(tuner.eval_data["validation"], collate=default_data_collator):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"]
+            picked = labels != -100
+            loss = torch.nn.functional.cross_entropy(logits[picked], labels[picked], reduction="sum")
+            hits = (logits.argmax(-1)[picked] == labels[picked]).sum()
+            stats = tuner.accelerator.reduce(torch.stack([hits.float(), picked.sum().float(), loss]), "sum")
+            correct, total, loss_sum = correct + stats[0].item(), total + stats[1].item(), loss_sum + stats[2].item()
+        accuracy = correct / max(total, 1)
+        return {"default": accuracy, "accuracy": accuracy, "loss": loss_sum / max(total, 1), "masked_tokens": total}
+
+
+class _MLMCollator:
+    """Random masking for training batches (drops the bookkeeping ``length`` column)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, rows):
+        return self.inner([{k: v for k, v in r.items() if k in ("input_ids", "attention_mask")} for r in rows])
+
+
+def _mask(row, tokenizer, probability: float, generator: torch.Generator):
+    """BERT's 80/10/10 masking of one block, drawn from ``generator`` (fixed for evaluation)."""
+    ids = torch.tensor(row["input_ids"])
+    special = torch.tensor(tokenizer.get_special_tokens_mask(row["input_ids"], already_has_special_tokens=True),
+                           dtype=torch.bool)
+    chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
+    labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=generator)
+    masked = ids.clone()
+    masked[chosen & (roll < 0.8)] = tokenizer.mask_token_id
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    masked[swap] = torch.randint(len(tokenizer), ids.shape, generator=generator)[swap]
+    return {"input_ids": masked.tolist(), "labels": labels.tolist()}
+
+
+def _text_files(folder: str) -> Dict[str, str]:
+    names = {"train": ["train.txt"], "validation": ["validation.txt"]}
+    if os.path.isfile(os.path.join(folder, "train.txt")) and os.path.isfile(os.path.join(folder, "validation.txt")):
+        return {split: os.path.join(folder, files[0]) for split, files in names.items()}
+    if os.path.isfile(os.path.join(folder, "valid.txt")) and os.path.isfile(os.path.join(folder, "test.txt")):
+        _log.warning("%s has no train split: training on valid.txt, evaluating on test.txt", folder)
+        return {"train": os.path.join(folder, "valid.txt"), "validation": os.path.join(folder, "test.txt")}
+    raise DataError(f"MLM data: {folder} needs train.txt + validation.txt (or WikiText's valid.txt + test.txt)")

@@ -1,0 +1,193 @@
+"""The paper's Table 2, Table 3 and Figure 3 as compositions of cached runs.
+
+Every unit of work — a full-model fine-tuning, an IMP run, one baseline at one sparsity, one transfer — is a
+run directory named by a hash of exactly the settings it depends on, so a finished unit is never recomputed
+and is shared by every table that needs it: one IMP run gives the tickets at every level, the baselines reuse
+its masks, and the full-model runs serve Table 2, Table 3 and the transfer matrix alike.
+Results land in ``<output_root>/tables/<experiment>-<name>.json``; ``nni_bert_tickets.report`` renders them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
+from .config import ExperimentConfig
+from .experiment import _write, prepare, run_imp
+from .tasks import get_task
+from .ticket import Ticket
+
+__all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "EXPERIMENTS"]
+_log = logging.getLogger(__name__)
+
+
+def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[Path], Dict[str, Any]],
+           accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Run ``compute(run_dir)`` once per distinct ``settings``; later calls read ``result.json``."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    run_dir = Path(root) / f"{kind}-{digest}"
+    result = run_dir / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    main = accelerator is None or accelerator.is_main_process
+    if main:
+        _write(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
+    _log.info("running %s", run_dir.name)
+    value = compute(run_dir)
+    if main:
+        _write(result, json.dumps(value, indent=1, default=str))
+    return value
+
+
+def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Fine-tune the dense pre-trained model once with ``seed``."""
+    seeded = dataclasses.replace(config, seed=seed)
+
+    def compute(_):
+        model, tuner = prepare(seeded, accelerator)
+        set_seed(seed)
+        return tuner.fit(model)
+    return cached(Path(config.output_root), f"full-{config.task}", {**config.training_settings(), "seed": seed},
+                  compute, accelerator)
+
+
+def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
+    """The ticket at ``sparsity`` from the IMP run of ``config`` (which must have passed that level)."""
+    run_dir = Path(config.output_root) / config.run_name()
+    trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
+    for record in trajectory:
+        if abs(record["target_sparsity"] - sparsity) < 1e-6:
+            return Ticket.load(run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors")
+    levels = [r["target_sparsity"] for r in trajectory]
+    raise ValueError(f"the IMP run {run_dir.name} has no level {sparsity}; it passed {levels}")
+
+
+def baseline(config: ExperimentConfig, kind: str, sparsity: float,
+             accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """One Table-2 baseline at one sparsity, fine-tuned from its starting point with a fresh head."""
+    settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
+                "imp_run": config.run_name(), "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
+
+    def compute(_):
+        model, tuner = prepare(config, accelerator)
+        if kind == "oneshot":
+            ticket = one_shot_magnitude_ticket(model, sparsity)
+            ticket.apply(model)
+        else:
+            ticket = imp_ticket(config, sparsity)
+            if kind == "random_pruning":
+                ticket = random_ticket(ticket, seed=config.seed)
+            elif kind == "random_reinit":
+                reinitialize(model, seed=config.seed)
+            elif kind == "shuffled":
+                shuffle_weights(model, seed=config.seed, mode=config.shuffle_mode)
+            elif kind != "imp_fresh_head":
+                raise ValueError(f"unknown baseline {kind!r}")
+            ticket.apply(model, check_weights=False)
+        set_seed(config.seed)
+        return {**tuner.fit(model), "sparsity": ticket.sparsity}
+    return cached(Path(config.output_root), f"{kind}-{config.task}", settings, compute, accelerator)
+
+
+def _full_stats(config: ExperimentConfig, accelerator) -> Dict[str, Any]:
+    runs = [full_model(config, config.seed + i, accelerator)["default"] for i in range(config.seeds)]
+    return {"runs": runs, "mean": statistics.fmean(runs), "std": statistics.pstdev(runs) if len(runs) > 1 else 0.0}
+
+
+def _matching(metric: Optional[float], full: Dict[str, Any]) -> bool:
+    """A winning (matching) ticket: within one standard deviation of the full model's mean."""
+    return metric is not None and metric >= full["mean"] - full["std"]
+
+
+def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Full model over seeds, the IMP trajectory, and the baselines at each sparsity, with verdicts."""
+    full = _full_stats(config, accelerator)
+    imp = run_imp(config, accelerator)
+    wanted = config.baseline_sparsities
+    rows = []
+    for record in imp["trajectory"][1:]:
+        level = record["target_sparsity"]
+        row = {"sparsity": level, "imp": record["metric"], "matching": _matching(record["metric"], full)}
+        if wanted is None or any(abs(level - s) < 1e-6 for s in wanted):
+            for kind in config.baselines:
+                row[kind] = baseline(config, kind, level, accelerator)["default"]
+        rows.append(row)
+    winners = [r["sparsity"] for r in rows if r["matching"]]
+    return _save(config, "table2", {
+        "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
+        "baselines": config.baselines, "highest_winning_sparsity": max(winners) if winners else None})
+
+
+def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Rewinding to θi for each i in ``rewind_points`` (fractions of training) and standard pruning."""
+    full = _full_stats(config, accelerator)
+    rows = []
+    for point in [*config.rewind_points, None]:
+        variant = dataclasses.replace(config, rewind=point if point is None or point > 0 else 0)
+        imp = run_imp(variant, accelerator)
+        final = imp["trajectory"][-1]
+        rows.append({"rewind": "standard pruning" if point is None else f"{point:.0%}", "fraction": point,
+                     "sparsity": final["target_sparsity"], "metric": final["metric"],
+                     "matching": _matching(final["metric"], full), "imp_run": imp["run"],
+                     "trajectory": [(r["target_sparsity"], r["metric"]) for r in imp["trajectory"]]})
+    return _save(config, "table3", {"task": config.task, "metric": imp["metric"], "full": full, "rows": rows})
+
+
+def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+    """Figure 3: a ``transfer_sparsity`` ticket from each source task, fine-tuned on each target task.
+
+    Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources`` (e.g. ``mlm``, whose data
+    comes from ``mlm_data_dir``). Each source ticket comes from that task's IMP run (the settings of ``config``
+    with the task swapped, so Table 2's runs are reused); the diagonal is a task's own ticket retrained from θ0
+    with a fresh head, and the ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity.
+    """
+    targets, s = list(config.transfer_tasks), config.transfer_sparsity
+    sources = targets + [t for t in config.transfer_sources if t not in targets]
+    per_task = {t: dataclasses.replace(config, task=t, data_dir=config.mlm_data_dir if t == "mlm" else config.data_dir)
+                for t in sources}
+    tickets = {}
+    for source in sources:
+        run_imp(per_task[source], accelerator)
+        tickets[source] = imp_ticket(per_task[source], s)
+    matrix: Dict[str, Dict[str, float]] = {}
+    for source in sources:
+        matrix[source] = {}
+        for target in targets:
+            target_config = per_task[target]
+            settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
+                        "source_run": per_task[source].run_name()}
+
+            def compute(_, source=source, target_config=target_config):
+                model, tuner = prepare(target_config, accelerator)
+                tickets[source].transfer_to(model, task=target_config.task)
+                set_seed(config.seed)
+                return tuner.fit(model)
+            matrix[source][target] = cached(Path(config.output_root), f"transfer-{source}-to-{target}", settings,
+                                            compute, accelerator)["default"]
+    matrix["oneshot"] = {t: baseline(per_task[t], "oneshot", s, accelerator)["default"] for t in targets}
+    full = {t: _full_stats(per_task[t], accelerator) for t in targets}
+    wins = {src: sum(matrix[src][t] >= matrix[t][t] for t in targets if t != src) for src in [*sources, "oneshot"]}
+    return _save(config, "transfer", {"tasks": targets, "sources": sources, "sparsity": s, "matrix": matrix,
+                                      "full": full, "at_least_own_ticket": wins,
+                                      "metrics": {t: get_task(t).metric for t in targets}})
+
+
+def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    result = {"experiment": experiment, "model": config.model, "settings": dataclasses.asdict(config), **result}
+    folder = Path(config.output_root) / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = config.task if experiment != "transfer" else "matrix"
+    _write(folder / f"{experiment}-{name}.json", json.dumps(result, indent=1, default=str))
+    return result
+
+
+EXPERIMENTS = {"table2": table2, "table3": table3, "transfer": transfer}

@@ -1,0 +1,192 @@
+"""Render the paper's tables (markdown) and plots (PNG) from an experiment root.
+
+    python -m nni_bert_tickets.report runs/smoke [--out docs/results/smoke]
+
+Reads ``<root>/tables/*.json`` written by :mod:`nni_bert_tickets.paper` and writes ``report.md`` plus
+``table2-<task>.png`` (metric vs sparsity with the baselines and the full model's ±1 std band),
+``table3.png`` (rewinding bars) and ``transfer.png`` (the transfer heatmap).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["render", "main"]
+_log = logging.getLogger(__name__)
+LABELS = {"imp": "IMP (m_IMP ⊙ θ0)", "random_pruning": "random pruning", "random_reinit": "random reinit θ0′",
+          "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0"}
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _load(root: Path) -> List[Dict[str, Any]]:
+    files = sorted((root / "tables").glob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no results under {root / 'tables'}; run an experiment with output_root={root}")
+    return [json.loads(f.read_text()) for f in files]
+
+
+def table2_markdown(results: List[Dict[str, Any]]) -> str:
+    tasks = [r["task"] for r in results]
+    out = ["## Table 2: winning tickets and baselines", "",
+           "Metric × 100 at the highest winning sparsity among the levels with baselines (else the lowest "
+           "such level). A ticket is "
+           "*winning* (matching) when it is within one standard deviation of the full model's mean.", "",
+           "| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    out.append("| sparsity | " + " | ".join(f"{100 * _pick(r)['sparsity']:.0f}%" for r in results) + " |")
+    out.append("| full model (mean ± std) | " + " | ".join(
+        f"{_fmt(r['full']['mean'])} ± {100 * r['full']['std']:.1f}" for r in results) + " |")
+    for key in ["imp", *results[0]["baselines"]]:
+        out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_fmt(_pick(r).get(key))
+                                                          for r in results) + " |")
+    out.append("| highest winning sparsity | " + " | ".join(
+        "none" if r["highest_winning_sparsity"] is None else f"{100 * r['highest_winning_sparsity']:.0f}%"
+        for r in results) + " |")
+    for r in results:
+        keys = ["imp", *r["baselines"]]
+        out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'])} ± "
+                    f"{100 * r['full']['std']:.1f} over {len(r['full']['runs'])} seeds)", "",
+                "| sparsity | " + " | ".join(LABELS.get(k, k) for k in keys) + " | winning |",
+                "|---:|" + "---:|" * (len(keys) + 1)]
+        for row in r["rows"]:
+            out.append(f"| {100 * row['sparsity']:.0f}% | " + " | ".join(_fmt(row.get(k)) for k in keys)
+                       + f" | {'yes' if row['matching'] else 'no'} |")
+    return "\n".join(out)
+
+
+def _pick(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The row shown in the summary: among rows that have the baselines, the highest sparsity that is still
+    winning, else the lowest one."""
+    rows = [r for r in result["rows"] if any(k in r for k in result["baselines"])] or result["rows"]
+    win = result["highest_winning_sparsity"]
+    winning = [r for r in rows if win is not None and r["sparsity"] <= win + 1e-9]
+    return max(winning, key=lambda r: r["sparsity"]) if winning else min(rows, key=lambda r: r["sparsity"])
+
+
+def table2_plot(result: Dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    full = result["full"]
+    xs = [0.0] + [r["sparsity"] for r in result["rows"]]
+    ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="grey", alpha=0.25,
+               label="full model ±1 std")
+    ax.axhline(full["mean"], color="grey", lw=1)
+    ax.plot([100 * x for x in xs], [full["mean"]] + [r["imp"] for r in result["rows"]], "o-", label=LABELS["imp"])
+    for key in result["baselines"]:
+        pts = [(100 * r["sparsity"], r[key]) for r in result["rows"] if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "s--", label=LABELS.get(key, key))
+    ax.set(xlabel="sparsity (%)", ylabel=result["metric"], title=f"{result['task']}: tickets vs baselines")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table3_markdown(results: List[Dict[str, Any]]) -> str:
+    tasks = [r["task"] for r in results]
+    out = ["## Table 3: rewinding", "", "Metric × 100 at the IMP target sparsity, rewinding to θi (i = % of "
+           "training) or not rewinding at all (standard pruning).", "",
+           "| rewind to | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks),
+           "| full model | " + " | ".join(_fmt(r["full"]["mean"]) for r in results) + " |"]
+    for i, row in enumerate(results[0]["rows"]):
+        out.append(f"| {row['rewind']} | " + " | ".join(
+            f"{_fmt(r['rows'][i]['metric'])}{' ✓' if r['rows'][i]['matching'] else ''}" for r in results) + " |")
+    return "\n".join(out)
+
+
+def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(results), 3.6))
+    labels = [row["rewind"] for row in results[0]["rows"]]
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        ax.bar([i + j * width for i in range(len(results))], [r["rows"][j]["metric"] for r in results], width,
+               label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))], [r["task"] for r in results])
+    ax.set(ylabel="metric at target sparsity", title="Rewinding (Table 3)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def transfer_markdown(result: Dict[str, Any]) -> str:
+    tasks, m = result["tasks"], result["matrix"]
+    out = [f"## Figure 3: transfer of {100 * result['sparsity']:.0f}% tickets", "",
+           "Rows: source of the ticket; columns: target task; metric × 100. **Bold**: at least as good as the "
+           "target's own ticket (the diagonal).", "", "| source \\ target | " + " | ".join(tasks) +
+           " | ≥ own |", "|---|" + "---:|" * (len(tasks) + 1)]
+    for src in [*result.get("sources", tasks), "oneshot"]:
+        cells = [(f"**{_fmt(m[src][t])}**" if src != t and m[src][t] >= m[t][t] else _fmt(m[src][t])) for t in tasks]
+        out.append(f"| {src} | " + " | ".join(cells) + f" | {result['at_least_own_ticket'][src]} |")
+    out.append("| full model | " + " | ".join(_fmt(result["full"][t]["mean"]) for t in tasks) + " | |")
+    return "\n".join(out)
+
+
+def transfer_plot(result: Dict[str, Any], path: Path) -> None:
+    tasks, m = result["tasks"], result["matrix"]
+    rows = [*result.get("sources", tasks), "oneshot"]
+    # relative to the target's own ticket, so tasks with different metrics share one colour scale
+    grid = [[100 * (m[s][t] - m[t][t]) for t in tasks] for s in rows]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(tasks), 1.2 + 0.7 * len(rows)))
+    bound = max(1e-6, max(abs(v) for row in grid for v in row))
+    image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
+    for i, s in enumerate(rows):
+        for j, t in enumerate(tasks):
+            ax.text(j, i, f"{100 * m[s][t]:.1f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(xlabel="target task", ylabel="source ticket", title="Transfer (colour: vs target's own ticket)")
+    fig.colorbar(image, ax=ax, label="points vs own ticket")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(root: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` and the PNGs for every result under ``root``; returns the report's path."""
+    root = Path(root)
+    out = Path(out) if out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    results = _load(root)
+    sections = [f"# Results ({results[0]['model']})"]
+    t2 = [r for r in results if r["experiment"] == "table2"]
+    if t2:
+        sections.append(table2_markdown(t2))
+        for r in t2:
+            table2_plot(r, out / f"table2-{r['task']}.png")
+            sections.append(f"![{r['task']}](table2-{r['task']}.png)")
+    t3 = [r for r in results if r["experiment"] == "table3"]
+    if t3:
+        sections.append(table3_markdown(t3))
+        table3_plot(t3, out / "table3.png")
+        sections.append("![rewinding](table3.png)")
+    for r in (r for r in results if r["experiment"] == "transfer"):
+        sections.append(transfer_markdown(r))
+        transfer_plot(r, out / "transfer.png")
+        sections.append("![transfer](transfer.png)")
+    report = out / "report.md"
+    report.write_text("\n\n".join(sections) + "\n")
+    return report
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="an experiment's output_root (holding tables/)")
+    parser.add_argument("--out", help="where to write report.md and the PNGs (default: <root>/report)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO")
+    _log.info("wrote %s", render(args.root, args.out))
+
+
+if __name__ == "__main__":
+    main()

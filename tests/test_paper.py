@@ -1,0 +1,76 @@
+"""The paper's experiments at a tiny budget on the embedded model: reuse of runs, verdicts, the report."""
+import json
+
+import pytest
+
+from nni_bert_tickets import report
+from nni_bert_tickets.config import ExperimentConfig
+from nni_bert_tickets.paper import table2, table3, transfer
+from nni_bert_tickets.training import FineTuner
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    original = FineTuner.train
+
+    def train(self, *args, **kwargs):
+        calls.append(self.task.name)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(FineTuner, "train", train)
+    return calls
+
+
+def _config(tmp_path, minilm_path, glue_dir, **overrides):
+    settings = dict(task="wnli", model=minilm_path, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16,
+                    batch_size=16, max_steps=1, max_length=32, target_sparsity=0.2, step=0.1, seeds=2,
+                    baselines=["random_pruning", "random_reinit", "shuffled"], baseline_sparsities=[0.2],
+                    rewind_points=[0.0, 0.5], transfer_tasks=["wnli", "rte"], transfer_sparsity=0.1,
+                    output_root=str(tmp_path))
+    settings.update(overrides)
+    return ExperimentConfig(**settings).validate()
+
+
+def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, counted):
+    config = _config(tmp_path, minilm_path, glue_dir)
+    t2 = table2(config)
+    assert len(counted) == 2 + 3 + 3  # 2 full-model seeds, IMP rounds 0/0.1/0.2, 3 baselines at 0.2
+    assert [r["sparsity"] for r in t2["rows"]] == [0.1, 0.2]
+    assert set(t2["rows"][1]) >= {"imp", "random_pruning", "random_reinit", "shuffled", "matching"}
+    assert "random_pruning" not in t2["rows"][0]
+    full = t2["full"]
+    for row in t2["rows"]:
+        assert row["matching"] == (row["imp"] >= full["mean"] - full["std"])
+    winners = [r["sparsity"] for r in t2["rows"] if r["matching"]]
+    assert t2["highest_winning_sparsity"] == (max(winners) if winners else None)
+
+    counted.clear()
+    t3 = table3(config)
+    assert len(counted) == 3 + 3  # θ0 IMP and full models are reused; 50 % rewind and standard pruning run
+    assert [r["rewind"] for r in t3["rows"]] == ["0%", "50%", "standard pruning"]
+    assert t3["rows"][0]["metric"] == t2["rows"][-1]["imp"]
+
+    counted.clear()
+    tr = transfer(config)
+    # rte needs its IMP run (3 rounds) and full models (2); 4 transfers; 2 one-shot rows; wnli's runs are reused
+    assert len(counted) == 3 + 2 + 4 + 2
+    assert set(tr["matrix"]) == {"wnli", "rte", "oneshot"} and set(tr["matrix"]["rte"]) == {"wnli", "rte"}
+    assert tr["at_least_own_ticket"]["rte"] == int(tr["matrix"]["rte"]["wnli"] >= tr["matrix"]["wnli"]["wnli"])
+
+    counted.clear()
+    table2(config), table3(config), transfer(config)
+    assert counted == []  # everything is cached
+
+    out = report.render(tmp_path, tmp_path / "report")
+    text = out.read_text()
+    assert "## Table 2" in text and "## Table 3" in text and "## Figure 3" in text
+    assert "| highest winning sparsity |" in text and "| standard pruning |" in text
+    for png in ("table2-wnli.png", "table3.png", "transfer.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 5000
+    saved = json.loads((tmp_path / "tables" / "table2-wnli.json").read_text())
+    assert saved["rows"] == t2["rows"]
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results"):
+        report.render(tmp_path)
