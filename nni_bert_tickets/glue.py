@@ -128,7 +128,7 @@ def load_glue(task: GlueTask | str, data_dir: Optional[str] = None, splits: Opti
         if missing:
             raise DataError(f"GLUE {task.name}: cannot read {missing[0]} (expected <data_dir>/{task.name}/"
                             f"<split>.jsonl for splits {splits})")
-        data = datasets.load_dataset("json", data_files=files)
+        data = load_jsonl_splits(files)
     for split, dataset in data.items():
         absent = [c for c in (*task.text_columns, "label") if c not in dataset.column_names]
         if absent:
@@ -158,6 +158,22 @@ def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, 
     columns = data["train"].column_names if "train" in data else next(iter(data.values())).column_names
     out = data.map(encode, batched=True, remove_columns=columns, desc=f"tokenizing {task.name}")
     return out.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+
+
+def load_jsonl_splits(files: Dict[str, str]):
+    """``{split: path}`` of jsonl files as a ``DatasetDict``, one split at a time so a file whose columns differ
+    is reported by name; unreadable or malformed files raise :class:`DataError`."""
+    import datasets
+
+    out = {}
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise DataError(f"cannot read {path}")
+        try:
+            out[split] = datasets.load_dataset("json", data_files={split: path})[split]
+        except Exception as err:  # datasets wraps JSON and schema errors in several exception types
+            raise DataError(f"{path} is not valid jsonl: {err}") from err
+    return datasets.DatasetDict(out)
 
 
 def limit_splits(data, config, eval_splits: Sequence[str]):

@@ -14,7 +14,7 @@ import json
 import logging
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed

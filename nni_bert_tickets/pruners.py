@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -265,7 +265,8 @@ class IMPPruner(_TicketPruner):
         self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"))
         state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
         state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
-        _atomic(lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp),
+        # clone: tied weights (an MLM decoder and the embeddings) share memory, which safetensors refuses
+        _atomic(lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, tmp),
                 os.path.join(self.output_dir, "imp_state.safetensors"))
         _atomic(lambda tmp: open(tmp, "w").write(json.dumps(self.trajectory, indent=1, default=str)),
                 os.path.join(self.output_dir, "trajectory.json"))

@@ -18,7 +18,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from .glue import DataError, limit_splits
+from .glue import DataError, limit_splits, load_jsonl_splits
 
 __all__ = ["SquadTask", "squad_scores", "normalize_answer"]
 HUB_DATASET = "rajpurkar/squad"
@@ -65,7 +65,7 @@ class SquadTask:
             missing = [f for f in files.values() if not os.path.isfile(f)]
             if missing:
                 raise DataError(f"SQuAD: cannot read {missing[0]} (expected <data_dir>/squad/<split>.jsonl)")
-            data = datasets.load_dataset("json", data_files=files)
+            data = load_jsonl_splits(files)
         for split, dataset in data.items():
             absent = [c for c in _COLUMNS if c not in dataset.column_names]
             if absent:

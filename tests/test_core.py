@@ -109,9 +109,18 @@ def test_imp_rewinds_survivors_bitwise_to_theta0_and_keeps_pruned_zero():
     evaluator = toy_evaluator(model, steps=4)
     train = evaluator.training_func
 
-    def recording(model, *args, **kwargs):
+    violations = []
+
+    def pruned_are_zero(*_):
+        for module in model.modules():
+            wrapper = getattr(module, "_nni_wrapper", None)
+            if wrapper is not None and wrapper.weight_mask is not None:
+                violations.append(int((wrapper.weight[wrapper.weight_mask == 0] != 0).sum()))
+
+    def recording(model, optimizer, *args, **kwargs):
         starts.append({n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()})
-        train(model, *args, **kwargs)
+        optimizer.register_step_post_hook(pruned_are_zero)  # checked after every optimizer step
+        train(model, optimizer, *args, **kwargs)
     evaluator.training_func = recording
     pruner = IMPPruner(model, bert_config_list(model, 0.4), evaluator, step=0.2)
     pruner.compress()
@@ -120,6 +129,7 @@ def test_imp_rewinds_survivors_bitwise_to_theta0_and_keeps_pruned_zero():
         for key, w0 in theta0.items():
             got = starts[level]["bert." + key]
             assert torch.equal(got, torch.where(mask[key], w0, torch.zeros(()))), key
+    assert len(violations) == 3 * 4 * 13 and not any(violations)  # rounds x steps x matrices
     pruner.unwrap_model()
     live = prunable_weights(model)
     for key, m in pruner.tickets[-1].masks.items():

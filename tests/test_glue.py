@@ -96,3 +96,11 @@ def test_config_precedence_validation_and_run_names(tmp_path):
         parse_args(["--target-sparsity", "1.0"])
     with pytest.raises(DataError):
         parse_args(["--task", "nope"])
+
+
+def test_malformed_jsonl_is_a_clear_error(tmp_path):
+    (tmp_path / "rte").mkdir()
+    (tmp_path / "rte" / "train.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n{oops\n')
+    (tmp_path / "rte" / "validation.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n')
+    with pytest.raises(DataError, match="train.jsonl is not valid jsonl"):
+        load_glue("rte", str(tmp_path))

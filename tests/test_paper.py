@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from conftest import SHARED
 from nni_bert_tickets import report
 from nni_bert_tickets.config import ExperimentConfig
 from nni_bert_tickets.paper import table2, table3, transfer
@@ -26,6 +27,7 @@ def _config(tmp_path, minilm_path, glue_dir, **overrides):
                     batch_size=16, max_steps=1, max_length=32, target_sparsity=0.2, step=0.1, seeds=2,
                     baselines=["random_pruning", "random_reinit", "shuffled"], baseline_sparsities=[0.2],
                     rewind_points=[0.0, 0.5], transfer_tasks=["wnli", "rte"], transfer_sparsity=0.1,
+                    transfer_sources=["mlm"], mlm_data_dir=str(SHARED / "data" / "wikitext2"),
                     output_root=str(tmp_path))
     settings.update(overrides)
     return ExperimentConfig(**settings).validate()
@@ -52,9 +54,10 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
 
     counted.clear()
     tr = transfer(config)
-    # rte needs its IMP run (3 rounds) and full models (2); 4 transfers; 2 one-shot rows; wnli's runs are reused
-    assert len(counted) == 3 + 2 + 4 + 2
-    assert set(tr["matrix"]) == {"wnli", "rte", "oneshot"} and set(tr["matrix"]["rte"]) == {"wnli", "rte"}
+    # rte and mlm need their IMP runs (3 rounds each), rte its full models (2); 3 sources x 2 targets;
+    # 2 one-shot rows; wnli's runs are reused
+    assert len(counted) == 3 + 3 + 2 + 6 + 2
+    assert set(tr["matrix"]) == {"wnli", "rte", "mlm", "oneshot"} and set(tr["matrix"]["mlm"]) == {"wnli", "rte"}
     assert tr["at_least_own_ticket"]["rte"] == int(tr["matrix"]["rte"]["wnli"] >= tr["matrix"]["wnli"]["wnli"])
 
     counted.clear()
