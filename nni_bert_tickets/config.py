@@ -139,7 +139,7 @@ class ExperimentConfig:
         return self
 
 
-BASELINE_KINDS = ("random_pruning", "random_reinit", "shuffled", "oneshot")
+BASELINE_KINDS = ("random_pruning", "random_reinit", "shuffled", "oneshot", "imp_fresh_head")
 
 
 def _kind(tp) -> type:

@@ -73,7 +73,10 @@ def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
 
 def baseline(config: ExperimentConfig, kind: str, sparsity: float,
              accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """One Table-2 baseline at one sparsity, fine-tuned from its starting point with a fresh head."""
+    """One Table-2 baseline at one sparsity, fine-tuned from its starting point with a fresh head.
+
+    ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head: the like-for-like comparison
+    for the other baselines, since the IMP trajectory's own numbers keep the head trained across rounds."""
     settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
                 "imp_run": config.run_name(), "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
 

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["render", "main"]
 _log = logging.getLogger(__name__)
 LABELS = {"imp": "IMP (m_IMP ⊙ θ0)", "random_pruning": "random pruning", "random_reinit": "random reinit θ0′",
-          "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0"}
+          "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0", "imp_fresh_head": "IMP mask on θ0, fresh head"}
 
 
 def _fmt(x) -> str:
