@@ -127,7 +127,8 @@ class IMPPruner(_TicketPruner):
         body; ``'reinit'`` is freshly initialised each round.
     output_dir
         If given, every round's ticket, ``trajectory.json`` and a resume state are written there, and a
-        later ``compress()`` with the same arguments resumes after the last completed round.
+        later ``compress()`` with the same arguments resumes after the last completed round. With θi rewinding
+        only the final ticket's file carries the rewind weights (in memory every ticket shares them).
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
@@ -262,7 +263,9 @@ class IMPPruner(_TicketPruner):
         if not self.output_dir:
             return
         os.makedirs(self.output_dir, exist_ok=True)
-        self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"))
+        # a θi ticket's rewind weights are the whole body: only the final ticket's file carries them
+        self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"),
+                              include_weights=level == len(self.levels) - 1)
         state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
         state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
         # clone: tied weights (an MLM decoder and the embeddings) share memory, which safetensors refuses

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
-from .targets import prunable_modules, ticket_key
+from .targets import base_prefix, prunable_modules, ticket_key
 
 __all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint"]
 
@@ -142,12 +142,24 @@ class Ticket:
                     f"({self.base_model or 'unknown base'}, fingerprint {self.fingerprint[:12]}): a different "
                     "checkpoint, or weights already trained; pass check_weights=False to apply it anyway")
         with torch.no_grad():
+            if load_weights and self.weights is not None:
+                self._load_weights(model)
             for key, mask in masks.items():
-                param = live[key]
-                if load_weights and self.weights is not None and key in self.weights:
-                    param.copy_(self.weights[key].to(param))
-                param.masked_fill_(~mask.to(param.device), 0.0)
+                live[key].masked_fill_(~mask.to(live[key].device), 0.0)
         return AppliedTicket(self, {key: live[key] for key in masks})
+
+    def _load_weights(self, model: torch.nn.Module) -> None:
+        """Copy a θi ticket's rewind weights (keyed relative to the body) into the model's body."""
+        prefix = base_prefix(model)
+        body = {n[len(prefix):]: p for n, p in model.named_parameters() if n.startswith(prefix)}
+        missing = sorted(set(self.weights) - set(body))
+        if missing:
+            raise TicketError(f"the ticket's rewind weights do not fit this model: no {missing[:3]}")
+        for key, value in self.weights.items():
+            if tuple(body[key].shape) != tuple(value.shape):
+                raise TicketError(f"rewind weight {key} has shape {tuple(value.shape)}, the model "
+                                  f"{tuple(body[key].shape)}")
+            body[key].copy_(value.to(body[key]))
 
     def transfer_to(self, model: torch.nn.Module, task: Optional[str] = None) -> "AppliedTicket":
         """Apply this task-S ticket to a fresh model for task T (pre-trained body θ0, new head).
@@ -176,10 +188,11 @@ class Ticket:
                                   f"ticket and {tuple(live[key].shape)} in the model")
 
     # ---- files --------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the ticket as one safetensors file, atomically (a temporary file renamed into place)."""
+    def save(self, path: str | os.PathLike, include_weights: bool = True) -> None:
+        """Write the ticket as one safetensors file, atomically (a temporary file renamed into place).
+        ``include_weights=False`` leaves out a θi ticket's rewind weights (masks and metadata only)."""
         tensors = {f"mask/{k}": m.contiguous() for k, m in self.masks.items()}
-        for k, w in (self.weights or {}).items():
+        for k, w in ((self.weights or {}) if include_weights else {}).items():
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()
         header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str)}
         path = os.fspath(path)

@@ -172,3 +172,20 @@ def test_reinitialize_really_redraws_a_loaded_pretrained_body(minilm_path):
     assert unchanged == ["pooler.dense.bias"]  # zero before and after
     q = after["encoder.layer.0.attention.self.query.weight"]
     assert abs(float(q.std()) - model.config.initializer_range) < 0.002
+
+
+def test_theta_i_ticket_carries_and_restores_its_rewind_weights(tmp_path):
+    model = tiny_bert()
+    pruner = IMPPruner(model, bert_config_list(model, 0.2), toy_evaluator(model, steps=4), step=0.1, rewind=2,
+                       output_dir=str(tmp_path))
+    pruner.compress()
+    final = pruner.tickets[-1]
+    assert final.rewind == "theta_i:2" and "embeddings.word_embeddings.weight" in final.weights
+    assert Ticket.load(tmp_path / "ticket-round00.safetensors").weights is None  # only the final file has them
+    loaded = Ticket.load(tmp_path / "ticket-round02.safetensors")
+    fresh = tiny_bert()
+    loaded.apply(fresh)  # the fingerprint is θ0's; then θ2 is loaded and masked
+    body = dict(fresh.bert.named_parameters())
+    for key, value in final.weights.items():
+        expected = value * final.masks[key] if key in final.masks else value
+        assert torch.equal(body[key], expected), key
