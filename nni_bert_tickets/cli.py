@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from accelerate import Accelerator
 
+from . import nni_trial
 from .config import parse_args
 from .experiment import format_trajectory, run_imp
 from .paper import EXPERIMENTS
@@ -18,9 +19,15 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
     """Parse settings, run the chosen experiment, print its summary on the main process."""
     config = parse_args(argv, description=description, default_task=default_task)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trial = nni_trial.under_nni()
+    if trial:
+        config = nni_trial.with_nni_parameters(config)
     accelerator = Accelerator()
     if config.experiment == "imp":
-        results = run_imp(config, accelerator)
+        report = nni_trial.report_round if trial and accelerator.is_main_process else None
+        results = run_imp(config, accelerator, on_round=report)
+        if trial and accelerator.is_main_process:
+            nni_trial.report_final(results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
     else:
         results = EXPERIMENTS[config.experiment](config, accelerator)

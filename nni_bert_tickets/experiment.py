@@ -41,8 +41,10 @@ def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None)
     return task.load_model(config.model), FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator)
 
 
-def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """Find tickets with IMP for ``config``; returns (and writes) the metrics per round."""
+def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
+            on_round=None) -> Dict[str, Any]:
+    """Find tickets with IMP for ``config``; returns (and writes) the metrics per round. ``on_round`` is
+    passed to :class:`IMPPruner` (called after each round that runs, not for rounds read back from disk)."""
     accelerator = accelerator or Accelerator(cpu=None)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
@@ -57,7 +59,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None)
         model, tuner = prepare(config, accelerator)
         pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
-                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"))
+                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)
         pruner.compress()
         results = {"run": config.run_name(), "task": config.task, "model": config.model,
                    "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],

@@ -129,13 +129,15 @@ class IMPPruner(_TicketPruner):
         If given, every round's ticket, ``trajectory.json`` and a resume state are written there, and a
         later ``compress()`` with the same arguments resumes after the last completed round. With θi rewinding
         only the final ticket's file carries the rewind weights (in memory every ticket shares them).
+    on_round
+        Called as ``on_round(record, ticket)`` after each round's evaluation (e.g. to report to NNI).
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
                  schedule: Literal["linear", "geometric"] = "linear", step: float = 0.1,
                  rewind: int | float | None = 0, head: Literal["keep", "rewind", "reinit"] = "keep",
                  seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
-                 existed_wrappers=None):
+                 on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None, existed_wrappers=None):
         if evaluator is None:
             raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
         if head not in ("keep", "rewind", "reinit"):
@@ -146,7 +148,7 @@ class IMPPruner(_TicketPruner):
         target = max(space.sparse_ratio for pool in self._pools().values() for space in pool.values())
         self.levels = [0.0] + M.sparsity_schedule(target, schedule, step)
         self.schedule, self.step, self.rewind, self.head = schedule, step, rewind, head
-        self.seed, self.task, self.output_dir = seed, task, output_dir
+        self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
@@ -170,6 +172,8 @@ class IMPPruner(_TicketPruner):
                 algorithm="imp" if self.rewind is not None else "standard", schedule=f"{self.schedule}:{self.step}",
                 round=level, seed=self.seed, rewind=self._rewind_name(), metrics={"metric": metric, **metrics},
                 weights=self._ticket_weights()))
+            if self.on_round is not None:
+                self.on_round(record, self.tickets[-1])
             if level + 1 < len(self.levels):
                 self._install(self._masks_by_pool(lambda w, s, m: M.global_magnitude_masks(w, s, m),
                                                   self.levels[level + 1]))
