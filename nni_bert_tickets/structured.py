@@ -1,0 +1,172 @@
+"""Structured lottery tickets: IMP over whole attention heads and FFN channels, physically removed.
+
+Each round trains the current (smaller) network, scores every surviving head and FFN channel by the mean
+magnitude of its weights (query/key/value rows and attention-output columns of the head; the intermediate
+row and output column of the channel), removes the lowest-scoring ones globally, and rewinds: a fresh copy of
+θ0 is cut down to the survivors with torch-pruning's dependency graph (which carries a head's removal from
+the query into key, value and the attention output, and a channel's from the intermediate into the output
+dense). The task head keeps its trained values, as in unstructured IMP. The result saves as a Hugging Face
+model that loads without this library (``trust_remote_code=True`` with the modeling file it carries).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List
+
+import torch
+import torch_pruning as tp
+
+from .targets import base_prefix, check_sparsity
+
+__all__ = ["StructuredIMP", "StructuredTicket", "structured_ticket_model", "save_structured"]
+_log = logging.getLogger(__name__)
+_REMOTE = os.path.join(os.path.dirname(__file__), "hf_remote", "modeling_pruned_bert.py")
+
+
+@dataclass
+class StructuredTicket:
+    """The surviving heads and FFN channels per layer, by their original indices."""
+    heads: List[List[int]]
+    channels: List[List[int]]
+    head_size: int
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_sparsity(self) -> float:
+        total = self.metrics.get("total_heads") or 1
+        return 1 - sum(map(len, self.heads)) / total
+
+    @property
+    def channel_sparsity(self) -> float:
+        total = self.metrics.get("total_channels") or 1
+        return 1 - sum(map(len, self.channels)) / total
+
+
+def _layers(model):
+    return model.base_model.encoder.layer
+
+
+def structured_ticket_model(theta0: torch.nn.Module, ticket: StructuredTicket, example_inputs) -> torch.nn.Module:
+    """A copy of ``theta0`` with only the ticket's heads and channels, cut with torch-pruning's graph."""
+    model = copy.deepcopy(theta0).eval()
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    d = ticket.head_size
+    for layer, heads, channels in zip(_layers(model), ticket.heads, ticket.channels):
+        attention, ffn = layer.attention.self, layer.intermediate.dense
+        gone_heads = sorted(set(range(attention.query.out_features // d)) - set(heads))
+        gone_channels = sorted(set(range(ffn.out_features)) - set(channels))
+        if gone_heads:
+            idxs = [h * d + k for h in gone_heads for k in range(d)]
+            graph.get_pruning_group(attention.query, tp.prune_linear_out_channels, idxs=idxs).prune()
+            attention.num_attention_heads = len(heads)
+            attention.all_head_size = len(heads) * d
+        if gone_channels:
+            graph.get_pruning_group(ffn, tp.prune_linear_out_channels, idxs=gone_channels).prune()
+    return model
+
+
+class StructuredIMP:
+    """Find a structured ticket: ``fit(model) -> metrics`` trains and evaluates (e.g. ``FineTuner.fit``).
+
+    ``head_sparsity`` / ``channel_sparsity``: the fractions of all heads / FFN channels to remove in the end;
+    ``step``: the fraction of the original heads and channels removed per round (linear schedule).
+    """
+
+    def __init__(self, model: torch.nn.Module, fit: Callable[[torch.nn.Module], Dict[str, Any]], example_inputs,
+                 head_sparsity: float = 0.5, channel_sparsity: float = 0.5, step: float = 0.1,
+                 min_heads: int = 1):
+        check_sparsity(head_sparsity, "head_sparsity")
+        check_sparsity(channel_sparsity, "channel_sparsity")
+        self.theta0 = copy.deepcopy(model).eval()
+        self.fit, self.example_inputs, self.step, self.min_heads = fit, example_inputs, step, min_heads
+        self.targets = (head_sparsity, channel_sparsity)
+        config = model.config
+        self.head_size = config.hidden_size // config.num_attention_heads
+        layers = _layers(model)
+        self.ticket = StructuredTicket(heads=[list(range(config.num_attention_heads)) for _ in layers],
+                                       channels=[list(range(l.intermediate.dense.out_features)) for l in layers],
+                                       head_size=self.head_size)
+        self.totals = (sum(map(len, self.ticket.heads)), sum(map(len, self.ticket.channels)))
+        self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1])
+        self.trajectory: List[Dict[str, Any]] = []
+
+    def run(self) -> torch.nn.Module:
+        model, level = structured_ticket_model(self.theta0, self.ticket, self.example_inputs), 0
+        while True:
+            metrics = self.fit(model)
+            record = {"round": level, "head_sparsity": self.ticket.head_sparsity,
+                      "channel_sparsity": self.ticket.channel_sparsity, "metric": metrics.get("default"),
+                      "parameters": sum(p.numel() for p in model.parameters())}
+            self.trajectory.append(record)
+            _log.info("structured IMP round %d: %s", level, record)
+            if record["head_sparsity"] >= self.targets[0] - 1e-9 and record["channel_sparsity"] >= self.targets[1] - 1e-9:
+                self.ticket.metrics.update(record)
+                return model
+            level += 1
+            self._prune(model, level)
+            prefix = base_prefix(model)
+            head = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+            model = structured_ticket_model(self.theta0, self.ticket, self.example_inputs)  # rewind to θ0
+            model.load_state_dict(head, strict=False)  # the task head keeps its trained values
+
+    @torch.no_grad()
+    def _prune(self, model: torch.nn.Module, level: int) -> None:
+        """Drop the lowest-magnitude heads and channels (global ranking) down to this round's counts."""
+        d = self.head_size
+        scores_h, scores_c = [], []
+        for i, layer in enumerate(_layers(model)):
+            att, out = layer.attention.self, layer.attention.output.dense
+            for j, head in enumerate(self.ticket.heads[i]):
+                rows = slice(j * d, (j + 1) * d)
+                parts = [att.query.weight[rows], att.key.weight[rows], att.value.weight[rows], out.weight[:, rows]]
+                scores_h.append((float(torch.cat([p.abs().flatten() for p in parts]).mean()), i, head))
+            inter, down = layer.intermediate.dense.weight, layer.output.dense.weight
+            score = (inter.abs().mean(1) + down.abs().mean(0)) / 2
+            scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
+        keep_h = self.totals[0] - round(min(self.targets[0], level * self.step) * self.totals[0])
+        keep_c = self.totals[1] - round(min(self.targets[1], level * self.step) * self.totals[1])
+        self.ticket.heads = _keep_top(scores_h, keep_h, len(self.ticket.heads), self.min_heads)
+        self.ticket.channels = _keep_top(scores_c, keep_c, len(self.ticket.channels), 1)
+
+
+def _keep_top(scores, keep: int, layers: int, minimum: int) -> List[List[int]]:
+    """The ``keep`` highest scores overall, with at least ``minimum`` per layer; original indices per layer."""
+    ranked = sorted(scores, key=lambda s: -s[0])
+    chosen = set()
+    for i in range(layers):  # every layer keeps its best ``minimum`` first
+        chosen.update((layer, idx) for _, layer, idx in [r for r in ranked if r[1] == i][:minimum])
+    for _, layer, idx in ranked:
+        if len(chosen) >= keep:
+            break
+        chosen.add((layer, idx))
+    return [sorted(idx for layer, idx in chosen if layer == i) for i in range(layers)]
+
+
+def save_structured(model: torch.nn.Module, ticket: StructuredTicket, path: str, tokenizer=None) -> None:
+    """Save as a Hugging Face model that loads with transformers alone (``trust_remote_code=True``)."""
+    from .hf_remote.modeling_pruned_bert import PrunedBertConfig
+
+    config = PrunedBertConfig(heads_per_layer=[len(h) for h in ticket.heads],
+                              intermediate_sizes=[len(c) for c in ticket.channels],
+                              **{k: v for k, v in model.config.to_dict().items()
+                                 if k not in ("model_type", "architectures", "auto_map", "transformers_version")})
+    config.architectures = ["PrunedBertForSequenceClassification"]
+    config.auto_map = {"AutoConfig": "modeling_pruned_bert.PrunedBertConfig",
+                       "AutoModelForSequenceClassification": "modeling_pruned_bert.PrunedBertForSequenceClassification"}
+    original, model.config = model.config, config
+    try:
+        os.makedirs(path, exist_ok=True)
+        model.save_pretrained(path)
+    finally:
+        model.config = original
+    shutil.copy(_REMOTE, os.path.join(path, "modeling_pruned_bert.py"))
+    with open(os.path.join(path, "structured_ticket.json"), "w") as f:
+        json.dump({"heads": ticket.heads, "channels": ticket.channels, "head_size": ticket.head_size,
+                   "metrics": ticket.metrics}, f, indent=1, default=str)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
