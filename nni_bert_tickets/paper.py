@@ -66,7 +66,12 @@ def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
-            return Ticket.load(run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors")
+            ticket = Ticket.load(run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors")
+            if ticket.rewind and ticket.rewind.startswith("theta_i") and ticket.weights is None:
+                # θi rewind weights are stored once, in the final ticket's file
+                final = Ticket.load(run_dir / "imp" / f"ticket-round{trajectory[-1]['round']:02d}.safetensors")
+                ticket.weights = final.weights
+            return ticket
     levels = [r["target_sparsity"] for r in trajectory]
     raise ValueError(f"the IMP run {run_dir.name} has no level {sparsity}; it passed {levels}")
 
@@ -78,7 +83,8 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
     ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head: the like-for-like comparison
     for the other baselines, since the IMP trajectory's own numbers keep the head trained across rounds."""
     settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
-                "imp_run": config.run_name(), "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
+                "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
+                "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
 
     def compute(_):
         model, tuner = prepare(config, accelerator)
@@ -149,7 +155,8 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     """Figure 3: a ``transfer_sparsity`` ticket from each source task, fine-tuned on each target task.
 
     Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources`` (e.g. ``mlm``, whose data
-    comes from ``mlm_data_dir``). Each source ticket comes from that task's IMP run (the settings of ``config``
+    comes from ``mlm_data_dir``). With ``rewind`` set to θi (Figure 4) the source tickets are found with
+    rewinding and carry the source task's θi weights into the target. Each source ticket comes from that task's IMP run (the settings of ``config``
     with the task swapped, so Table 2's runs are reused); the diagonal is a task's own ticket retrained from θ0
     with a fresh head, and the ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity.
     """
@@ -180,6 +187,7 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     full = {t: _full_stats(per_task[t], accelerator) for t in targets}
     wins = {src: sum(matrix[src][t] >= matrix[t][t] for t in targets if t != src) for src in [*sources, "oneshot"]}
     return _save(config, "transfer", {"tasks": targets, "sources": sources, "sparsity": s, "matrix": matrix,
+                                      "rewind": config.rewind,
                                       "full": full, "at_least_own_ticket": wins,
                                       "metrics": {t: get_task(t).metric for t in targets}})
 
@@ -188,7 +196,7 @@ def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> 
     result = {"experiment": experiment, "model": config.model, "settings": dataclasses.asdict(config), **result}
     folder = Path(config.output_root) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    name = config.task if experiment != "transfer" else "matrix"
+    name = config.task if experiment != "transfer" else "matrix" + ("" if config.rewind == 0 else f"-rewind-{config.rewind}")
     _write(folder / f"{experiment}-{name}.json", json.dumps(result, indent=1, default=str))
     return result
 

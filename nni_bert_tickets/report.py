@@ -121,7 +121,9 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
 
 def transfer_markdown(result: Dict[str, Any]) -> str:
     tasks, m = result["tasks"], result["matrix"]
-    out = [f"## Figure 3: transfer of {100 * result['sparsity']:.0f}% tickets", "",
+    rewind = result.get("rewind", 0)
+    title = "Figure 3" if not rewind else f"Figure 4 (tickets found with rewinding to θi, i = {rewind})"
+    out = [f"## {title}: transfer of {100 * result['sparsity']:.0f}% tickets", "",
            "Rows: source of the ticket; columns: target task; metric × 100. **Bold**: at least as good as the "
            "target's own ticket (the diagonal).", "", "| source \\ target | " + " | ".join(tasks) +
            " | ≥ own |", "|---|" + "---:|" * (len(tasks) + 1)]
@@ -171,9 +173,10 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         table3_plot(t3, out / "table3.png")
         sections.append("![rewinding](table3.png)")
     for r in (r for r in results if r["experiment"] == "transfer"):
+        name = "transfer.png" if not r.get("rewind") else f"transfer-rewind-{r['rewind']}.png"
         sections.append(transfer_markdown(r))
-        transfer_plot(r, out / "transfer.png")
-        sections.append("![transfer](transfer.png)")
+        transfer_plot(r, out / name)
+        sections.append(f"![transfer]({name})")
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report

@@ -67,7 +67,6 @@ class FineTuner:
                           for s in task.eval_splits}
         self.extra = {s: d for s, d in data.items() if s.startswith("_")}  # task bookkeeping, never batched
         self.collate = task.collator(tokenizer, config.padding)
-        self.steps_done = 0
 
     # ---- sizes --------------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -91,7 +90,7 @@ class FineTuner:
         """Train ``model`` (NNI's ``training_func`` signature); stops after ``max_steps`` or ``max_epochs``."""
         acc, config = self.accelerator, self.config
         total = self.num_training_steps(max_steps, max_epochs)
-        prepared = acc.prepare(model, optimizer, self.train_loader(), *( [lr_scheduler] if lr_scheduler else []))
+        prepared = acc.prepare(model, optimizer, self.train_loader(), *([lr_scheduler] if lr_scheduler else []))
         p_model, p_optimizer, loader = prepared[:3]
         p_scheduler = prepared[3] if lr_scheduler else None
         p_model.train()
@@ -113,7 +112,6 @@ class FineTuner:
                 if step >= total:
                     break
         bar.close()
-        self.steps_done += step
         acc.unwrap_model(p_model).eval()
         acc.free_memory()
 

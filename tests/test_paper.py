@@ -6,7 +6,7 @@ import pytest
 from conftest import SHARED
 from nni_bert_tickets import report
 from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.paper import table2, table3, transfer
+from nni_bert_tickets.paper import imp_ticket, table2, table3, transfer
 from nni_bert_tickets.training import FineTuner
 
 
@@ -63,6 +63,11 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     counted.clear()
     table2(config), table3(config), transfer(config)
     assert counted == []  # everything is cached
+
+    rewound = _config(tmp_path, minilm_path, glue_dir, rewind=1, transfer_tasks=["wnli"], transfer_sources=[])
+    fig4 = transfer(rewound)  # Figure 4: tickets found with rewinding carry θ1 of the source into the target
+    assert fig4["rewind"] == 1 and imp_ticket(rewound, 0.1).weights is not None
+    assert (tmp_path / "tables" / "transfer-matrix-rewind-1.json").exists()
 
     out = report.render(tmp_path, tmp_path / "report")
     text = out.read_text()
