@@ -97,6 +97,8 @@ def compute_metrics(task: GlueTask | str, predictions: np.ndarray, references: n
     task = get_task(task) if isinstance(task, str) else task
     predictions, references = np.asarray(predictions), np.asarray(references)
     if task.is_regression:
+        if np.ptp(predictions) == 0 or np.ptp(references) == 0:  # undefined (NaN) for constant input: no signal
+            return {"pearson": 0.0, "spearman": 0.0}
         return {"pearson": float(pearsonr(predictions, references)[0]),
                 "spearman": float(spearmanr(predictions, references)[0])}
     out = {"accuracy": float(accuracy_score(references, predictions))}

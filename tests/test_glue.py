@@ -104,3 +104,8 @@ def test_malformed_jsonl_is_a_clear_error(tmp_path):
     (tmp_path / "rte" / "validation.jsonl").write_text('{"sentence1": "a", "sentence2": "b", "label": 0}\n')
     with pytest.raises(DataError, match="train.jsonl is not valid jsonl"):
         load_glue("rte", str(tmp_path))
+
+
+def test_correlation_of_constant_predictions_is_zero_not_nan():
+    assert compute_metrics("stsb", np.array([2.0, 2.0, 2.0]), np.array([1.0, 3.0, 2.0])) == {"pearson": 0.0,
+                                                                                              "spearman": 0.0}
