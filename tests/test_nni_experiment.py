@@ -45,7 +45,8 @@ def test_two_trial_sweep_reports_every_round_and_a_final_result(tmp_path):
     out = subprocess.run([str(NNICTL), "create", "--config", str(tmp_path / "experiment.yml"), "--port", str(port)],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    experiment_id = re.search(r"Experiment ID: \S*?(\w{8})", out.stdout).group(1)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)  # nnictl colours its output
+    experiment_id = re.search(r"Experiment ID: (\w+)", plain).group(1)
     try:
         deadline = time.time() + 400
         while _get(port, "check-status")["status"] not in ("DONE", "ERROR", "STOPPED") and time.time() < deadline:
@@ -64,4 +65,5 @@ def test_two_trial_sweep_reports_every_round_and_a_final_result(tmp_path):
         # the two seeds are two runs, side by side under the shared output root
         assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("wnli-")]) == 2
     finally:
-        subprocess.run([str(NNICTL), "stop", experiment_id], capture_output=True, timeout=120)
+        stopped = subprocess.run([str(NNICTL), "stop", experiment_id], capture_output=True, text=True, timeout=120)
+        assert "success" in (stopped.stdout + stopped.stderr).lower(), stopped.stdout + stopped.stderr
