@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 
 from .config import ExperimentConfig
 from .tasks import get_task
+from .ticket import atomic_write_text
 from .pruners import IMPPruner
 from .targets import bert_config_list
 from .training import FineTuner
@@ -101,6 +102,4 @@ def _log_to(path: Path, level: str) -> logging.Handler:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

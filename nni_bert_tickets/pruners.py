@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from . import masks as M
 from .targets import base_prefix, check_sparsity
-from .ticket import Ticket, prunable_weights
+from .ticket import Ticket, atomic_write, atomic_write_text, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
@@ -273,10 +273,10 @@ class IMPPruner(_TicketPruner):
         state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
         state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
         # clone: tied weights (an MLM decoder and the embeddings) share memory, which safetensors refuses
-        _atomic(lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, tmp),
-                os.path.join(self.output_dir, "imp_state.safetensors"))
-        _atomic(lambda tmp: open(tmp, "w").write(json.dumps(self.trajectory, indent=1, default=str)),
-                os.path.join(self.output_dir, "trajectory.json"))
+        atomic_write(os.path.join(self.output_dir, "imp_state.safetensors"),
+                     lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, tmp))
+        atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),
+                          json.dumps(self.trajectory, indent=1, default=str))
 
     def _resume(self) -> int:
         if not self.output_dir or not os.path.exists(os.path.join(self.output_dir, "trajectory.json")):
@@ -313,9 +313,3 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
 
 def _unwrapped(name: str) -> str:
     return name.replace("._nni_wrapper", "")
-
-
-def _atomic(write: Callable[[str], Any], path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"  # one per process: data-parallel ranks may write the same file
-    write(tmp)
-    os.replace(tmp, path)

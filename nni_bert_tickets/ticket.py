@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -195,17 +195,7 @@ class Ticket:
         for k, w in ((self.weights or {}) if include_weights else {}).items():
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()
         header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str)}
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Ticket":
@@ -254,6 +244,29 @@ class AppliedTicket:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place; on failure nothing
+    is left behind. Unique per call, so data-parallel ranks writing the same file do not collide."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
 
 
 def _model_name(model: torch.nn.Module) -> str:
