@@ -19,7 +19,7 @@ import yaml
 from .training import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
-NOT_HASHED = ("output_root", "log_level", "name")
+NOT_HASHED = ("output_root", "log_level", "name", "checkpoint_steps")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "shuffle_mode", "rewind_points",
@@ -72,6 +72,7 @@ class ExperimentConfig:
     # bookkeeping
     output_root: str = "runs"
     name: Optional[str] = None                  # default: <task>-<hash of the settings>
+    checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -124,6 +125,13 @@ class ExperimentConfig:
         choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
                    "padding": ("dynamic", "max_length"), "shuffle_mode": ("layers", "within"),
                    "experiment": ("imp", "table2", "table3", "transfer")}
+        if not 0 < self.step < 1:
+            raise ValueError(f"step must be in (0, 1), got {self.step!r}")
+        for key in ("batch_size", "epochs", "learning_rate", "max_length", "eval_batch_size", "seeds"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+        if self.checkpoint_steps < 0 or (self.max_steps is not None and self.max_steps <= 0):
+            raise ValueError("checkpoint_steps must be >= 0 and max_steps positive")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")

@@ -27,9 +27,11 @@ __all__ = ["run_imp", "prepare", "format_trajectory"]
 _log = logging.getLogger(__name__)
 
 
-def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None):
+def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
+            checkpoint_dir: Optional[Path] = None):
     """Load tokenizer, data and model for ``config``; returns ``(model, FineTuner)``. Fails before training on
-    an unknown task, unreadable path or missing column."""
+    an unknown task, unreadable path or missing column. ``checkpoint_dir``: where the FineTuner keeps its step
+    checkpoint (with ``config.checkpoint_steps``)."""
     from transformers import AutoTokenizer
 
     task = get_task(config.task, config)
@@ -39,7 +41,8 @@ def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     tokenized = task.tokenize(data, tokenizer, config)
     set_seed(config.seed)  # the task head's initialisation
-    return task.load_model(config.model), FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator)
+    return task.load_model(config.model), FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator,
+                                                     None if checkpoint_dir is None else str(checkpoint_dir))
 
 
 def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -52,12 +55,12 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     if finished.exists():
         _log.info("%s is finished already; nothing to do", run_dir)
         return json.loads(finished.read_text())
+    model, tuner = prepare(config, accelerator, run_dir / "imp" / "step-checkpoint")  # bad input: no run dir
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to(run_dir / "log.txt", config.log_level) if accelerator.is_main_process else None
     try:
         if accelerator.is_main_process:
             _write(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        model, tuner = prepare(config, accelerator)
         pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)

@@ -191,23 +191,32 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[List[int]]):
     """Shuffled batches of similar-length examples, so dynamic padding wastes little.
 
     Indices are shuffled, cut into mega-batches of ``mega * batch_size``, each sorted by length and cut into
-    batches; the batch order is shuffled again. Seeded through ``torch``'s global RNG at each ``__iter__``.
+    batches; the batch order is shuffled again. With ``seed`` set, pass ``k`` draws its order from
+    ``seed + k`` (:meth:`reseed` picks the pass), so a resumed run can replay the order of an interrupted pass;
+    without it, from ``torch``'s global RNG at each ``__iter__``. Equal lengths give plain random batches.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, mega: int = 50, shuffle: bool = True):
+    def __init__(self, lengths: Sequence[int], batch_size: int, mega: int = 50, shuffle: bool = True,
+                 seed: Optional[int] = None):
         self.lengths, self.batch_size, self.mega, self.shuffle = list(lengths), batch_size, mega, shuffle
+        self.seed, self.pass_index = seed, 0
+
+    def reseed(self, pass_index: int) -> None:
+        """Draw the next ``__iter__``'s order from ``seed + pass_index``."""
+        self.pass_index = pass_index
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def __iter__(self) -> Iterator[List[int]]:
         n = len(self.lengths)
-        order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed + self.pass_index)
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
         size = self.mega * self.batch_size
         batches = []
         for start in range(0, n, size):
             chunk = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return iter(batches)

@@ -52,8 +52,8 @@ def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accele
     """Fine-tune the dense pre-trained model once with ``seed``."""
     seeded = dataclasses.replace(config, seed=seed)
 
-    def compute(_):
-        model, tuner = prepare(seeded, accelerator)
+    def compute(run_dir):
+        model, tuner = prepare(seeded, accelerator, run_dir / "step-checkpoint")
         set_seed(seed)
         return tuner.fit(model)
     return cached(Path(config.output_root), f"full-{config.task}", {**config.training_settings(), "seed": seed},
@@ -86,8 +86,8 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
                 "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
                 "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
 
-    def compute(_):
-        model, tuner = prepare(config, accelerator)
+    def compute(run_dir):
+        model, tuner = prepare(config, accelerator, run_dir / "step-checkpoint")
         if kind == "oneshot":
             ticket = one_shot_magnitude_ticket(model, sparsity)
             ticket.apply(model)
@@ -101,7 +101,8 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
                 shuffle_weights(model, seed=config.seed, mode=config.shuffle_mode)
             elif kind != "imp_fresh_head":
                 raise ValueError(f"unknown baseline {kind!r}")
-            ticket.apply(model, check_weights=False)
+            # θ0′ and θ0″ keep their own weights; the others start where IMP rewinds to (θ0, or a θi ticket's)
+            ticket.apply(model, check_weights=False, load_weights=kind not in ("random_reinit", "shuffled"))
         set_seed(config.seed)
         return {**tuner.fit(model), "sparsity": ticket.sparsity}
     return cached(Path(config.output_root), f"{kind}-{config.task}", settings, compute, accelerator)
@@ -176,8 +177,8 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
             settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
                         "source_run": per_task[source].run_name()}
 
-            def compute(_, source=source, target_config=target_config):
-                model, tuner = prepare(target_config, accelerator)
+            def compute(run_dir, source=source, target_config=target_config):
+                model, tuner = prepare(target_config, accelerator, run_dir / "step-checkpoint")
                 tickets[source].transfer_to(model, task=target_config.task)
                 set_seed(config.seed)
                 return tuner.fit(model)

@@ -19,6 +19,7 @@ import torch
 from nni.compression.base.compressor import Pruner
 from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 from nni.compression.utils.evaluator import Evaluator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import masks as M
@@ -28,6 +29,8 @@ from .ticket import Ticket, atomic_write, atomic_write_text, prunable_weights
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
 _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
+_STATE = "imp_state.safetensors"  # the model, the rewind point and the trajectory after the last round
+_THETA_I = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
 
 
 class _TicketPruner(Pruner):
@@ -144,8 +147,13 @@ class IMPPruner(_TicketPruner):
             raise ValueError(f"head must be 'keep', 'rewind' or 'reinit', got {head!r}")
         if rewind is not None and (isinstance(rewind, bool) or rewind < 0 or (isinstance(rewind, float) and rewind >= 1)):
             raise ValueError(f"rewind must be None, a step count >= 0 or a fraction in (0, 1), got {rewind!r}")
+        M.sparsity_schedule(0.5, schedule, step)  # a bad schedule or step fails before the model is wrapped
         super().__init__(model, config_list, evaluator, existed_wrappers)
-        target = max(space.sparse_ratio for pool in self._pools().values() for space in pool.values())
+        try:
+            target = max(space.sparse_ratio for pool in self._pools().values() for space in pool.values())
+        except BaseException:
+            self.unwrap_model()  # leave the caller's model as it was
+            raise
         self.levels = [0.0] + M.sparsity_schedule(target, schedule, step)
         self.schedule, self.step, self.rewind, self.head = schedule, step, rewind, head
         self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
@@ -183,7 +191,7 @@ class IMPPruner(_TicketPruner):
     def _train_and_evaluate(self, level: int, max_steps, max_epochs) -> Tuple[Optional[float], Dict[str, Any]]:
         evaluator = self.evaluator
         evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
-        if level == 0 and self.rewind:
+        if level == 0 and self.rewind and self._rewind_state is None:
             evaluator.patch_optimizer_step([], [self._snapshot_at(self._rewind_step(max_steps, max_epochs))])
         evaluator.train(max_steps, max_epochs)
         result = evaluator.evaluate()
@@ -207,12 +215,18 @@ class IMPPruner(_TicketPruner):
         return max(1, round(self.rewind * total))
 
     def _snapshot_at(self, step: int) -> Callable[[], None]:
+        """An after-optimizer-step task that keeps θ_step. It asks the evaluator which step just finished when
+        it can tell (``FineTuner`` can, also in a round resumed from a step checkpoint), else counts calls."""
         counter = {"steps": 0}
+        current = getattr(self.evaluator, "current_step", None)
 
         def task() -> None:
             counter["steps"] += 1
-            if counter["steps"] == step:
+            if (current() if current is not None else counter["steps"]) == step and self._rewind_state is None:
                 self._rewind_state = self._state()
+                if self.output_dir:  # a round-0 resumed from a step checkpoint past `step` still needs it
+                    snapshot = {k: v.contiguous() for k, v in self._rewind_state.items()}
+                    atomic_write(os.path.join(self.output_dir, _THETA_I), lambda tmp: save_file(snapshot, tmp))
         return task
 
     def _rewind_survivors(self, level: int) -> None:
@@ -235,8 +249,10 @@ class IMPPruner(_TicketPruner):
         from .baselines import _init_std, init_module_
         torch.manual_seed(self.seed * 1000 + level)
         prefix = base_prefix(self.bound_model)
+        body = {id(p) for p in getattr(self.bound_model, prefix.rstrip("."), torch.nn.Module()).parameters()}
         for name, module in self.bound_model.named_modules():
-            if name and prefix and not name.startswith(prefix) and name != prefix.rstrip("."):
+            if name and prefix and not name.startswith(prefix) and name != prefix.rstrip(".") \
+                    and not any(id(p) in body for p in module.parameters(recurse=False)):  # e.g. a tied decoder
                 init_module_(module, _init_std(self.bound_model))
 
     def _head_names(self) -> set:
@@ -272,18 +288,34 @@ class IMPPruner(_TicketPruner):
                               include_weights=level == len(self.levels) - 1)
         state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
         state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
+        # the trajectory rides in the state file's header: one atomic write holds both, so a kill cannot leave
+        # a state of one round beside the trajectory of another
+        header = {"trajectory": json.dumps(self.trajectory, default=str), "settings": json.dumps(self._settings())}
         # clone: tied weights (an MLM decoder and the embeddings) share memory, which safetensors refuses
-        atomic_write(os.path.join(self.output_dir, "imp_state.safetensors"),
-                     lambda tmp: save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, tmp))
-        atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),
+        atomic_write(os.path.join(self.output_dir, _STATE), lambda tmp: save_file(
+            {k: v.detach().clone().contiguous() for k, v in state.items()}, tmp, metadata=header))
+        atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),  # a readable copy
                           json.dumps(self.trajectory, indent=1, default=str))
 
+    def _settings(self) -> Dict[str, Any]:
+        """What makes the rounds what they are; a resume under other settings is refused."""
+        return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
+                "head": self.head, "seed": self.seed}
+
     def _resume(self) -> int:
-        if not self.output_dir or not os.path.exists(os.path.join(self.output_dir, "trajectory.json")):
+        if self.output_dir and self.rewind and os.path.exists(os.path.join(self.output_dir, _THETA_I)):
+            self._rewind_state = load_file(os.path.join(self.output_dir, _THETA_I))
+        path = os.path.join(self.output_dir or "", _STATE)
+        if not self.output_dir or not os.path.exists(path):
             return 0
-        with open(os.path.join(self.output_dir, "trajectory.json")) as f:
-            self.trajectory = json.load(f)
-        state = load_file(os.path.join(self.output_dir, "imp_state.safetensors"))
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+        saved = json.loads(header.get("settings", "null"))
+        if saved != json.loads(json.dumps(self._settings())):
+            raise ValueError(f"{self.output_dir} holds an IMP run with other settings ({saved}); use another "
+                             "output_dir or the same settings to resume it")
+        self.trajectory = json.loads(header["trajectory"])
+        state = load_file(path)
         self.bound_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
         self._rewind_state = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")} or self._rewind_state
         self.tickets = [Ticket.load(os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors"))

@@ -127,7 +127,8 @@ class Ticket:
         Pruned weights are set to exactly 0 and their gradients are masked, so any optimizer whose update is
         zero for a zero gradient from zero state (SGD, Adam, AdamW with decoupled weight decay) leaves them at
         exactly 0. Parameter names are unchanged (``save_pretrained`` keeps working); ``.remove()`` undoes the
-        gradient masking. ``strict`` requires the ticket and model to cover the same matrices;
+        gradient masking. ``strict`` requires the ticket and model to cover the same matrices
+        (``strict=False`` tolerates a pooler on one side only, as between MLM and classification models);
         ``check_weights`` requires the model's surviving weights to be the ticket's base weights θ0 (pass
         False for the re-initialised or shuffled baselines); ``load_weights`` copies a θi ticket's weights in.
         """
@@ -155,10 +156,11 @@ class Ticket:
         missing = sorted(set(self.weights) - set(body))
         if missing:
             raise TicketError(f"the ticket's rewind weights do not fit this model: no {missing[:3]}")
-        for key, value in self.weights.items():
+        for key, value in self.weights.items():  # all checked before any is copied
             if tuple(body[key].shape) != tuple(value.shape):
                 raise TicketError(f"rewind weight {key} has shape {tuple(value.shape)}, the model "
                                   f"{tuple(body[key].shape)}")
+        for key, value in self.weights.items():
             body[key].copy_(value.to(body[key]))
 
     def transfer_to(self, model: torch.nn.Module, task: Optional[str] = None) -> "AppliedTicket":
@@ -174,14 +176,20 @@ class Ticket:
     def _check_fits(self, live: Mapping[str, torch.Tensor], strict: bool) -> None:
         missing = sorted(set(self.masks) - set(live))
         uncovered = sorted(set(live) - set(self.masks))
-        if missing and (strict or len(missing) == len(self.masks)):
+        # non-strict allows one difference of layout: a pooler on one side only (an MLM model has none)
+        if missing and (strict or any(not k.startswith("pooler.") for k in missing)):
             raise TicketError(f"ticket is for another architecture: model has no {missing[:3]} "
                               f"({len(missing)} of the ticket's {len(self.masks)} matrices missing)")
         if uncovered:
             if strict:
                 raise TicketError(f"ticket is for another architecture: it covers {len(self.masks)} matrices, the model has {len(live)} "
                                   f"prunable ones (e.g. {uncovered[:2]}); use strict=False to leave them dense")
+            if any(not k.startswith("pooler.") for k in uncovered):
+                raise TicketError(f"ticket is for another architecture: the model has prunable matrices the "
+                                  f"ticket lacks (e.g. {uncovered[:2]}), beyond a pooler")
             _log.warning("ticket leaves %d matrices dense: %s", len(uncovered), uncovered[:3])
+        if missing:
+            _log.warning("the model has no %s: those masks of the ticket are not used", missing)
         for key, mask in self.masks.items():
             if key in live and tuple(live[key].shape) != tuple(mask.shape):
                 raise TicketError(f"ticket is for another architecture: {key} has shape {tuple(mask.shape)} in the "
@@ -211,6 +219,8 @@ class Ticket:
                                       f"(format {header.get('format')!r})")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = json.loads(header["meta"])
+            if not isinstance(meta, dict):
+                raise TicketError(f"{path}: the ticket metadata is not a JSON object")
         except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
             raise TicketError(f"{path} is not a readable ticket file (truncated or corrupt?): {err}") from err
         masks = {k[len("mask/"):]: t for k, t in tensors.items() if k.startswith("mask/")}
@@ -230,8 +240,7 @@ class AppliedTicket:
         self._handles: List[Any] = []
         for key, param in params.items():
             if param.requires_grad:
-                mask = ticket.masks[key].to(param.device)
-                self._handles.append(param.register_hook(lambda grad, mask=mask: grad * mask))
+                self._handles.append(param.register_hook(_GradMask(ticket.masks[key])))
 
     def remove(self) -> None:
         """Stop masking gradients (the weights keep their current values)."""
@@ -244,6 +253,20 @@ class AppliedTicket:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+class _GradMask:
+    """Zeroes the pruned entries of a gradient, on whatever device the model has moved to since ``apply``
+    (``accelerator.prepare`` moves it after the ticket was applied on the CPU)."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.masks = {mask.device: mask}
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        mask = self.masks.get(grad.device)
+        if mask is None:
+            mask = self.masks[grad.device] = next(iter(self.masks.values())).to(grad.device)
+        return grad * mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:

@@ -5,13 +5,15 @@ import torch
 from torch.nn.utils import prune
 
 from .targets import prunable_modules, ticket_key
-from .ticket import Ticket
+from .ticket import Ticket, prunable_weights
 
 __all__ = ["install_torch_prune", "remove_torch_prune", "masks_from_torch_prune"]
 
 
 def install_torch_prune(model: torch.nn.Module, ticket: Ticket) -> torch.nn.Module:
-    """Attach the ticket with ``prune.custom_from_mask``: each weight becomes ``weight_orig * weight_mask``."""
+    """Attach the ticket with ``prune.custom_from_mask``: each weight becomes ``weight_orig * weight_mask``.
+    A ticket for another architecture raises :class:`~nni_bert_tickets.TicketError` before any hook is added."""
+    ticket._check_fits(prunable_weights(model), strict=True)
     for name, module in prunable_modules(model).items():
         key = ticket_key(model, name)
         if key in ticket.masks:

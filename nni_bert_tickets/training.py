@@ -7,22 +7,28 @@ AdamW lr 2e-5, batch 32, 3 epochs, linear decay to 0, no warm-up, gradient clipp
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 import nni
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from nni.compression import TorchEvaluator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .glue import LengthGroupedBatchSampler
+from .ticket import atomic_write_text
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
+_PROGRESS = "progress.json"
 
 
 @dataclass
@@ -38,6 +44,12 @@ class TrainConfig:
     eval_batch_size: int = 128
     padding: str = "dynamic"      # "dynamic" (pad per batch) or "max_length" (the reference path)
     group_by_length: bool = True  # batches of similar length (only with dynamic padding)
+    checkpoint_steps: int = 0     # save a resumable Accelerate state every N optimizer steps (0: never)
+
+
+def _draw_seed() -> int:
+    """A data-order seed from torch's global RNG (which the caller has seeded)."""
+    return int(torch.randint(0, 2**31 - 1, ()))
 
 
 def linear_decay(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
@@ -57,8 +69,10 @@ class FineTuner:
     """
 
     def __init__(self, task, data, tokenizer, config: TrainConfig = TrainConfig(),
-                 accelerator: Optional[Accelerator] = None):
+                 accelerator: Optional[Accelerator] = None, checkpoint_dir: Optional[str] = None):
         self.task, self.config = task, config
+        self.checkpoint_dir = checkpoint_dir  # where ``train`` keeps its step checkpoint (with checkpoint_steps)
+        self.step = 0                         # optimizer steps taken by the current ``train`` call
         self.accelerator = accelerator or Accelerator()
         self.train_data = data["train"].remove_columns([c for c in ("length",) if c in data["train"].column_names])
         self.tokenizer = tokenizer
@@ -79,41 +93,98 @@ class FineTuner:
         return math.ceil((max_epochs or self.config.epochs) * self.steps_per_epoch())
 
     # ---- the loop -----------------------------------------------------------------------------------------
-    def train_loader(self) -> DataLoader:
-        if self.config.padding == "dynamic" and self.config.group_by_length and self.lengths is not None:
-            sampler = LengthGroupedBatchSampler(self.lengths, self.config.batch_size)
-            return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collate)
-        return DataLoader(self.train_data, batch_size=self.config.batch_size, shuffle=True, collate_fn=self.collate)
+    def train_loader(self, seed: int) -> DataLoader:
+        """Shuffled training batches; pass ``k`` over the data is ordered by ``seed + k`` (see ``reseed``)."""
+        grouped = self.config.padding == "dynamic" and self.config.group_by_length and self.lengths is not None
+        lengths = self.lengths if grouped else [0] * len(self.train_data)  # equal lengths: plain random batches
+        sampler = LengthGroupedBatchSampler(lengths, self.config.batch_size, seed=seed)
+        # its own generator: starting a pass must not draw from the global RNG, which a resumed run restores
+        # from the checkpoint and which dropout goes on drawing from
+        return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collate,
+                          generator=torch.Generator().manual_seed(seed))
 
     def train(self, model, optimizer, training_step, lr_scheduler=None, max_steps: Optional[int] = None,
               max_epochs: Optional[float] = None) -> None:
-        """Train ``model`` (NNI's ``training_func`` signature); stops after ``max_steps`` or ``max_epochs``."""
+        """Train ``model`` (NNI's ``training_func`` signature); stops after ``max_steps`` or ``max_epochs``.
+
+        With ``checkpoint_steps`` and ``checkpoint_dir`` set, the Accelerate state (model, optimizer, scheduler,
+        RNGs) is saved every ``checkpoint_steps`` steps, and a call that finds such a checkpoint continues from
+        it, replaying the interrupted pass over the data from where it stopped: the same result as a run that
+        was never stopped. The checkpoint is removed once training ends.
+        """
         acc, config = self.accelerator, self.config
         total = self.num_training_steps(max_steps, max_epochs)
-        prepared = acc.prepare(model, optimizer, self.train_loader(), *([lr_scheduler] if lr_scheduler else []))
-        p_model, p_optimizer, loader = prepared[:3]
+        progress = self._checkpoint_progress(total)
+        data_seed = progress["data_seed"] if progress else broadcast_object_list([_draw_seed()])[0]
+        loader = self.train_loader(data_seed)
+        prepared = acc.prepare(model, optimizer, loader, *([lr_scheduler] if lr_scheduler else []))
+        p_model, p_optimizer, p_loader = prepared[:3]
         p_scheduler = prepared[3] if lr_scheduler else None
+        self.step = 0
+        if progress:
+            acc.load_state(self.checkpoint_dir)
+            self.step = progress["step"]
+            _log.info("resuming training at step %d of %d from %s", self.step, total, self.checkpoint_dir)
         p_model.train()
-        step = 0
-        bar = tqdm(total=total, desc="train", disable=not acc.is_local_main_process, leave=False)
-        while step < total:
-            for batch in loader:
+        bar = tqdm(total=total, initial=self.step, desc="train", disable=not acc.is_local_main_process, leave=False)
+        while self.step < total:
+            data_pass, done = divmod(self.step, len(p_loader))
+            loader.batch_sampler.reseed(data_pass)
+            for batch in acc.skip_first_batches(p_loader, done) if done else p_loader:
                 loss = training_step(batch, p_model)
                 acc.backward(loss)
                 if config.max_grad_norm:
                     acc.clip_grad_norm_(p_model.parameters(), config.max_grad_norm)
+                self.step += 1  # counted before the optimizer step, so step hooks see the step they finish
                 p_optimizer.step()
                 if p_scheduler is not None:
                     p_scheduler.step()
                 p_optimizer.zero_grad()
-                step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if step >= total:
+                if config.checkpoint_steps and self.checkpoint_dir and self.step % config.checkpoint_steps == 0 \
+                        and self.step < total:
+                    self._save_checkpoint(total, data_seed)
+                if self.step >= total:
                     break
         bar.close()
+        self._clear_checkpoint()
         acc.unwrap_model(p_model).eval()
         acc.free_memory()
+
+    # ---- step checkpoints ---------------------------------------------------------------------------------
+    def _checkpoint_progress(self, total: int) -> Optional[Dict[str, Any]]:
+        path = os.path.join(self.checkpoint_dir or "", _PROGRESS)
+        if not self.checkpoint_dir or not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            progress = json.load(f)
+        if progress.get("total") != total:
+            _log.warning("ignoring the step checkpoint in %s: it is for a run of %s steps, not %d",
+                         self.checkpoint_dir, progress.get("total"), total)
+            return None
+        return progress
+
+    def _save_checkpoint(self, total: int, data_seed: int) -> None:
+        """Save into a temporary folder, then swap it in: a kill mid-save leaves the previous checkpoint."""
+        acc, final = self.accelerator, self.checkpoint_dir
+        tmp = f"{final}.tmp"
+        acc.save_state(tmp)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            atomic_write_text(os.path.join(tmp, _PROGRESS),
+                              json.dumps({"step": self.step, "total": total, "data_seed": data_seed}))
+            if os.path.isdir(final):
+                os.replace(final, f"{final}.old")
+            os.replace(tmp, final)
+            shutil.rmtree(f"{final}.old", ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _clear_checkpoint(self) -> None:
+        if self.checkpoint_dir and self.accelerator.is_main_process:
+            for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.tmp", f"{self.checkpoint_dir}.old"):
+                shutil.rmtree(folder, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     @staticmethod
     def training_step(batch: Dict[str, torch.Tensor], model) -> torch.Tensor:
@@ -152,6 +223,7 @@ class FineTuner:
         evaluator = TorchEvaluator(self.train, optimizer, self.training_step, scheduler,
                                    evaluating_func=self.evaluate)
         evaluator.num_training_steps = self.num_training_steps  # lets IMPPruner resolve rewind fractions
+        evaluator.current_step = lambda: self.step              # and count steps across a resumed round
         return evaluator
 
     def fit(self, model) -> Dict[str, Any]:

@@ -231,3 +231,17 @@ def test_config_with_pattern_matching_nothing_is_a_clear_error():
         RandomPruner(model, [{"op_names_re": ["nothing\\..*"], "target_names": ["weight"], "sparse_ratio": 0.5}])
     with pytest.raises(ValueError, match="\\[0, 1\\)"):
         RandomPruner(model, [{"op_types": ["Linear"], "target_names": ["weight"], "sparse_ratio": 1.2}])
+
+
+def test_bad_schedule_or_step_is_refused_and_leaves_the_model_unwrapped():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="schedule"):
+        IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model), schedule="cubic")
+    with pytest.raises(ValueError, match="step"):
+        IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model), step=1.5)
+    names = list(prunable_modules(model))
+    with pytest.raises(ValueError, match="sparse_ratio"):
+        IMPPruner(model, [{"op_names": names, "target_names": ["weight"]}], toy_evaluator(model))
+    assert not any("_nni_wrapper" in n for n, _ in model.named_modules())
+    pruner = IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model))  # still wrappable
+    pruner.unwrap_model()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nni_bert_tickets.config import ExperimentConfig
 from nni_bert_tickets.experiment import run_imp
@@ -63,6 +64,10 @@ def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeyp
         run_imp(_config(tmp_path, minilm_path, str(tmp_path / "no-data")))
     with pytest.raises(FileNotFoundError, match="not a folder"):
         run_imp(_config(tmp_path, str(tmp_path / "no-model"), glue_dir))
+    assert list(tmp_path.iterdir()) == []  # no run directory is left behind
+    for bad in ({"step": 1.5}, {"batch_size": 0}, {"epochs": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _config(tmp_path, minilm_path, glue_dir, **bad)
 
 
 def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
@@ -80,3 +85,40 @@ def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["trajectory"]) == 2 and 0 <= metrics["trajectory"][1]["metric"] <= 1
     assert "| 1 | 10.0% |" in out.stdout
+
+
+@pytest.mark.parametrize("rewind, kill_at, steps_left", [(0, 7, 2 + 4), (1, 3, 2 + 4 + 4)])
+def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, steps_left, tmp_path, minilm_path, glue_dir,
+                                                         monkeypatch):
+    """A kill inside a round continues from the last Accelerate step checkpoint (not from the round's start),
+    replaying the interrupted pass over the data: masks and metrics equal an uninterrupted run's. Rounds take
+    4 steps and checkpoints come every 2: step 7 is round 1's third; with θ1 rewinding, step 3 is in round 0,
+    after the θ1 snapshot was taken."""
+    straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, max_steps=4, rewind=rewind))
+    config = _config(tmp_path / "b", minilm_path, glue_dir, max_steps=4, rewind=rewind, checkpoint_steps=2)
+    assert config.run_name() == _config(tmp_path, minilm_path, glue_dir, max_steps=4, rewind=rewind).run_name()
+    imp_dir = tmp_path / "b" / config.run_name() / "imp"
+    original, steps = FineTuner.training_step, []
+
+    def killed(batch, model):
+        steps.append(1)
+        if len(steps) == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return original(batch, model)
+    monkeypatch.setattr(FineTuner, "training_step", staticmethod(killed))
+    with pytest.raises(KeyboardInterrupt):
+        run_imp(config)
+    assert json.loads((imp_dir / "step-checkpoint" / "progress.json").read_text())["step"] == 2
+
+    steps.clear()
+    monkeypatch.setattr(FineTuner, "training_step", staticmethod(lambda batch, model: steps.append(1) or
+                                                                 original(batch, model)))
+    resumed = run_imp(config)
+    assert len(steps) == steps_left  # from the step-2 checkpoint on: no step is trained twice
+    assert not (imp_dir / "step-checkpoint").exists()  # removed once its round ended
+    assert [r["metrics"] for r in resumed["trajectory"]] == [r["metrics"] for r in straight["trajectory"]]
+    a = Ticket.load(tmp_path / "a" / config.run_name() / "imp" / "ticket-round02.safetensors")
+    b = Ticket.load(imp_dir / "ticket-round02.safetensors")
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert (a.weights is None) == (rewind == 0) and (b.weights is None) == (rewind == 0)
+    assert rewind == 0 or all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)  # the same θ1

@@ -72,6 +72,33 @@ def test_ticket_for_another_architecture_or_other_weights_is_refused():
     with pytest.raises(TicketError, match="does not hold the weights"):
         ticket.apply(tiny_bert(seed=1))  # same shapes, different base weights
     ticket.apply(tiny_bert(seed=1), check_weights=False)  # on purpose, as the baselines do
+    for smaller, larger in ((1, 2), (2, 3)):  # strict=False (transfer_to) tolerates a missing pooler only
+        with pytest.raises(TicketError, match="another architecture"):
+            _ticket(tiny_bert(layers=larger)).transfer_to(tiny_bert(layers=smaller))
+        with pytest.raises(TicketError, match="another architecture"):
+            _ticket(tiny_bert(layers=smaller)).apply(tiny_bert(layers=larger), strict=False, check_weights=False)
+    with pytest.raises(TicketError, match="another architecture"):  # torch interop checks the same way
+        install_torch_prune(tiny_bert(layers=3), ticket)
+    assert not any(hasattr(m, "weight_mask") for m in prunable_modules(tiny_bert(layers=3)).values())
+
+
+def test_a_ticket_whose_rewind_weights_do_not_fit_changes_nothing():
+    model = tiny_bert()
+    ticket = _ticket(model)
+    ticket.weights = {k: v.detach().clone() + 1 for k, v in model.bert.named_parameters()}
+    ticket.weights["pooler.dense.weight"] = torch.zeros(3, 3)  # one misfit, checked before any copy
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TicketError, match="pooler.dense.weight"):
+        ticket.apply(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ticket_file_whose_metadata_is_not_an_object_is_a_clear_error(tmp_path):
+    path = tmp_path / "odd.safetensors"
+    save_file({"mask/x": torch.ones(2, dtype=torch.bool)}, str(path),
+              metadata={"format": "nni_bert_tickets.ticket/1", "meta": "[1, 2]"})
+    with pytest.raises(TicketError, match="not a JSON object"):
+        Ticket.load(path)
 
 
 def test_apply_zeroes_pruned_and_is_idempotent_and_transfer_to_new_head(minilm_path):
@@ -160,6 +187,10 @@ def test_interrupted_imp_resumes_to_the_same_masks_and_metrics(tmp_path):
     _, calls = run(tmp_path / "b")
     assert calls == 0  # a finished run does nothing
     assert sorted(os.listdir(tmp_path / "b"))[:2] == ["imp_state.safetensors", "ticket-round00.safetensors"]
+    model = tiny_bert()
+    other = IMPPruner(model, bert_config_list(model, 0.4), toy_evaluator(model), step=0.2, output_dir=str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="other settings"):
+        other.compress()
 
 
 def test_reinitialize_really_redraws_a_loaded_pretrained_body(minilm_path):
