@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Dict
 
@@ -63,8 +64,7 @@ class MLMTask:
         return AutoModelForMaskedLM.from_pretrained(name_or_path)
 
     def collator(self, tokenizer, padding: str):
-        from transformers import DataCollatorForLanguageModeling
-        return _MLMCollator(DataCollatorForLanguageModeling(tokenizer, mlm_probability=self.mlm_probability))
+        return _MLMCollator(tokenizer, self.mlm_probability)
 
     def evaluate(self, tuner, model) -> Dict[str, float]:
         from transformers import default_data_collator
@@ -83,13 +83,28 @@ class MLMTask:
 
 
 class _MLMCollator:
-    """Random masking for training batches (drops the bookkeeping ``length`` column)."""
+    """BERT's dynamic masking for training batches (drops the bookkeeping ``length`` column).
 
-    def __init__(self, inner):
-        self.inner = inner
+    After :meth:`reseed` a batch's masks are drawn from that seed and the batch's own token ids, not from the
+    global RNG: a pass over the data masks the same way whether or not training was resumed mid-pass, and
+    each pass (a new seed) masks differently. Blocks all have the same length, so no padding is needed.
+    """
+
+    def __init__(self, tokenizer, probability: float):
+        self.tokenizer, self.probability, self.seed = tokenizer, probability, None
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
 
     def __call__(self, rows):
-        return self.inner([{k: v for k, v in r.items() if k in ("input_ids", "attention_mask")} for r in rows])
+        from transformers import default_data_collator
+        generator = None
+        if self.seed is not None:
+            ids = torch.tensor([i for r in rows for i in r["input_ids"]], dtype=torch.int64).numpy().tobytes()
+            # torch's CPU generator keeps 32 bits of a seed: mix the pass seed and the batch into 32 bits
+            generator = torch.Generator().manual_seed(zlib.crc32(str(self.seed).encode() + b":" + ids))
+        return default_data_collator([{**_mask(r, self.tokenizer, self.probability, generator),
+                                       "attention_mask": r["attention_mask"]} for r in rows])
 
 
 def _mask(row, tokenizer, probability: float, generator: torch.Generator):

@@ -73,6 +73,7 @@ class FineTuner:
         self.task, self.config = task, config
         self.checkpoint_dir = checkpoint_dir  # where ``train`` keeps its step checkpoint (with checkpoint_steps)
         self.step = 0                         # optimizer steps taken by the current ``train`` call
+        self._run_steps: Optional[int] = None  # and the steps it takes in all
         self.accelerator = accelerator or Accelerator()
         self.train_data = data["train"].remove_columns([c for c in ("length",) if c in data["train"].column_names])
         self.tokenizer = tokenizer
@@ -113,7 +114,7 @@ class FineTuner:
         was never stopped. The checkpoint is removed once training ends.
         """
         acc, config = self.accelerator, self.config
-        total = self.num_training_steps(max_steps, max_epochs)
+        total = self._run_steps = self.num_training_steps(max_steps, max_epochs)
         progress = self._checkpoint_progress(total)
         data_seed = progress["data_seed"] if progress else broadcast_object_list([_draw_seed()])[0]
         loader = self.train_loader(data_seed)
@@ -130,6 +131,8 @@ class FineTuner:
         while self.step < total:
             data_pass, done = divmod(self.step, len(p_loader))
             loader.batch_sampler.reseed(data_pass)
+            if hasattr(self.collate, "reseed"):  # a collator that draws (MLM masking) draws per pass too
+                self.collate.reseed(data_seed + data_pass)
             for batch in acc.skip_first_batches(p_loader, done) if done else p_loader:
                 loss = training_step(batch, p_model)
                 acc.backward(loss)
@@ -212,8 +215,10 @@ class FineTuner:
             {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0},
         ]
         optimizer = wrap(torch.optim.AdamW)(groups, lr=self.config.learning_rate, eps=self.config.adam_epsilon)
-        total = self.num_training_steps() * self.accelerator.num_processes
-        schedule = linear_decay(total, int(self.config.warmup_ratio * total))
+        def schedule(step: int) -> float:  # decays over the run ``train`` is doing (compress(max_steps=...) too)
+            # Accelerate steps a prepared scheduler once per process for each optimizer step
+            total = (self._run_steps or self.num_training_steps()) * self.accelerator.num_processes
+            return linear_decay(total, int(self.config.warmup_ratio * total))(step)
         scheduler = wrap(torch.optim.lr_scheduler.LambdaLR)(optimizer, lr_lambda=schedule)
         return optimizer, scheduler
 

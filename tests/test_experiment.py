@@ -122,3 +122,15 @@ def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, steps_
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert (a.weights is None) == (rewind == 0) and (b.weights is None) == (rewind == 0)
     assert rewind == 0 or all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)  # the same θ1
+
+
+def test_learning_rate_decays_to_zero_over_the_steps_actually_trained(tmp_path, minilm_path, glue_dir):
+    """compress(max_steps=N) trains N steps per round: the linear decay must end at 0 after N, not after the
+    configured epochs (here 3 epochs of 3 batches = 9 steps)."""
+    from nni_bert_tickets.experiment import prepare
+    config = _config(tmp_path, minilm_path, glue_dir, max_steps=None, epochs=3)
+    model, tuner = prepare(config)
+    assert tuner.num_training_steps() == 9
+    optimizer, scheduler = tuner._optimizer_and_scheduler(model, traced=False)
+    tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=4)
+    assert tuner.step == 4 and scheduler.get_last_lr()[0] == 0.0

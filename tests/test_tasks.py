@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import SHARED
 from nni_bert_tickets.config import ExperimentConfig
@@ -87,5 +88,13 @@ def test_mlm_blocks_and_deterministic_masked_evaluation(minilm_path):
     _, again = prepare(config)
     assert again.eval_data["validation"]["labels"] == tuner.eval_data["validation"]["labels"]
     assert get_task("mlm").eval_splits == ("validation",)
+    rows = [tuner.train_data[i] for i in range(8)]  # training masks: from the pass seed and the batch, ~15 %
+    tuner.collate.reseed(5)
+    a, b = tuner.collate(rows), tuner.collate(rows)
+    tuner.collate.reseed(6)
+    c = tuner.collate(rows)
+    assert torch.equal(a["labels"], b["labels"]) and not torch.equal(a["labels"], c["labels"])
+    assert 0.08 < float((a["labels"] != -100).float().mean()) < 0.22
+    assert a["attention_mask"].shape == a["input_ids"].shape == (8, 32)
     with pytest.raises(DataError, match="needs train.txt"):
         prepare(ExperimentConfig(task="mlm", model=minilm_path, data_dir=str(SHARED / "data" / "glue")))
