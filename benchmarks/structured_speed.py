@@ -41,11 +41,15 @@ def main():
     parser.add_argument("--head-sparsity", type=float, default=0.5)
     parser.add_argument("--channel-sparsity", type=float, default=0.5)
     parser.add_argument("--step", type=float, default=0.25)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--save", help="also save the structured ticket here (loads with transformers alone)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     config = ExperimentConfig(task=args.task, model=args.model, data_dir=args.data_dir, epochs=args.epochs,
-                              max_train_samples=args.train_samples, learning_rate=5e-5, max_length=128).validate()
+                              max_train_samples=args.train_samples, learning_rate=args.learning_rate,
+                              max_length=args.max_length, seed=args.seed).validate()
     model, tuner = prepare(config)
     example = next(iter(tuner.eval_batches(tuner.eval_data[tuner.task.eval_splits[0]])))
     inputs = {k: v[:2] for k, v in example.items() if k != "labels"}

@@ -30,6 +30,12 @@ def test_save_load_roundtrip_keeps_masks_and_metadata(tmp_path):
     assert loaded.metrics == {"accuracy": 0.6} and loaded.version == ticket.version
     assert loaded.sparsity == pytest.approx(0.5, abs=1e-3)
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no temporary left behind
+    mask = os.umask(0o022)
+    try:
+        ticket.save(path)
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by others, as a file meant to be shared
+    finally:
+        os.umask(mask)
 
 
 def test_truncated_foreign_and_missing_files_are_clear_errors(tmp_path):
