@@ -123,9 +123,9 @@ class FineTuner:
         p_scheduler = prepared[3] if lr_scheduler else None
         self.step = 0
         if progress:
-            acc.load_state(self.checkpoint_dir)
+            acc.load_state(progress["folder"])
             self.step = progress["step"]
-            _log.info("resuming training at step %d of %d from %s", self.step, total, self.checkpoint_dir)
+            _log.info("resuming training at step %d of %d from %s", self.step, total, progress["folder"])
         p_model.train()
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not acc.is_local_main_process, leave=False)
         while self.step < total:
@@ -157,30 +157,38 @@ class FineTuner:
 
     # ---- step checkpoints ---------------------------------------------------------------------------------
     def _checkpoint_progress(self, total: int) -> Optional[Dict[str, Any]]:
-        path = os.path.join(self.checkpoint_dir or "", _PROGRESS)
-        if not self.checkpoint_dir or not os.path.isfile(path):
+        """The saved progress (``step``, ``data_seed``, ``folder``) of this run's checkpoint, if there is one."""
+        if not self.checkpoint_dir:
             return None
-        with open(path) as f:
-            progress = json.load(f)
-        if progress.get("total") != total:
-            _log.warning("ignoring the step checkpoint in %s: it is for a run of %s steps, not %d",
-                         self.checkpoint_dir, progress.get("total"), total)
-            return None
-        return progress
+        # `.old` holds the previous checkpoint only while a newer one is being swapped in (a kill right then)
+        for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.old"):
+            path = os.path.join(folder, _PROGRESS)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    progress = json.load(f)
+                if progress.get("total") == total:
+                    return {**progress, "folder": folder}
+                _log.warning("ignoring the step checkpoint in %s: it is for a run of %s steps, not %d",
+                             folder, progress.get("total"), total)
+        return None
 
     def _save_checkpoint(self, total: int, data_seed: int) -> None:
-        """Save into a temporary folder, then swap it in: a kill mid-save leaves the previous checkpoint."""
+        """Save into a temporary folder, then swap it in: a kill at any point leaves a whole checkpoint."""
         acc, final = self.accelerator, self.checkpoint_dir
-        tmp = f"{final}.tmp"
+        tmp, old = f"{final}.tmp", f"{final}.old"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
         acc.save_state(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            atomic_write_text(os.path.join(tmp, _PROGRESS),
+            atomic_write_text(os.path.join(tmp, _PROGRESS),  # written last: its presence means complete
                               json.dumps({"step": self.step, "total": total, "data_seed": data_seed}))
             if os.path.isdir(final):
-                os.replace(final, f"{final}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(f"{final}.old", ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
     def _clear_checkpoint(self) -> None:
