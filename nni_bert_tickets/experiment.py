@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import logging.handlers
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -55,9 +56,18 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     if finished.exists():
         _log.info("%s is finished already; nothing to do", run_dir)
         return json.loads(finished.read_text())
-    model, tuner = prepare(config, accelerator, run_dir / "imp" / "step-checkpoint")  # bad input: no run dir
+    early = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger().addHandler(early)  # what loading says reaches log.txt once the run dir exists
+    try:
+        model, tuner = prepare(config, accelerator, run_dir / "imp" / "step-checkpoint")  # bad input: no run dir
+    finally:
+        logging.getLogger().removeHandler(early)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _log_to(run_dir / "log.txt", config.log_level) if accelerator.is_main_process else None
+    if handler is not None:
+        early.setTarget(handler)
+        early.flush()
+    early.close()
     try:
         if accelerator.is_main_process:
             _write(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -222,9 +222,10 @@ class IMPPruner(_TicketPruner):
 
         def task() -> None:
             counter["steps"] += 1
-            if (current() if current is not None else counter["steps"]) == step and self._rewind_state is None:
+            # >=: a step skipped by a mixed-precision scaler runs no task; the first one after it snapshots
+            if (current() if current is not None else counter["steps"]) >= step and self._rewind_state is None:
                 self._rewind_state = self._state()
-                if self.output_dir:  # a round-0 resumed from a step checkpoint past `step` still needs it
+                if self.output_dir and _is_main_process():  # a round 0 resumed past `step` still needs it
                     snapshot = {k: v.contiguous() for k, v in self._rewind_state.items()}
                     atomic_write(os.path.join(self.output_dir, _THETA_I), lambda tmp: save_file(snapshot, tmp))
         return task
@@ -296,6 +297,10 @@ class IMPPruner(_TicketPruner):
             {k: v.detach().clone().contiguous() for k, v in state.items()}, tmp, metadata=header))
         atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),  # a readable copy
                           json.dumps(self.trajectory, indent=1, default=str))
+        try:  # the state file holds θi from now on
+            os.remove(os.path.join(self.output_dir, _THETA_I))
+        except FileNotFoundError:  # none taken, or another data-parallel rank removed it first
+            pass
 
     def _settings(self) -> Dict[str, Any]:
         """What makes the rounds what they are; a resume under other settings is refused."""
@@ -303,18 +308,23 @@ class IMPPruner(_TicketPruner):
                 "head": self.head, "seed": self.seed}
 
     def _resume(self) -> int:
-        if self.output_dir and self.rewind and os.path.exists(os.path.join(self.output_dir, _THETA_I)):
-            self._rewind_state = load_file(os.path.join(self.output_dir, _THETA_I))
         path = os.path.join(self.output_dir or "", _STATE)
         if not self.output_dir or not os.path.exists(path):
+            if self.output_dir and self.rewind and os.path.exists(os.path.join(self.output_dir, _THETA_I)):
+                self._rewind_state = load_file(os.path.join(self.output_dir, _THETA_I))  # killed in round 0
             return 0
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-        saved = json.loads(header.get("settings", "null"))
-        if saved != json.loads(json.dumps(self._settings())):
-            raise ValueError(f"{self.output_dir} holds an IMP run with other settings ({saved}); use another "
-                             "output_dir or the same settings to resume it")
-        self.trajectory = json.loads(header["trajectory"])
+        if "settings" in header:
+            saved = json.loads(header["settings"])
+            if saved != json.loads(json.dumps(self._settings())):
+                raise ValueError(f"{self.output_dir} holds an IMP run with other settings ({saved}); use another "
+                                 "output_dir or the same settings to resume it")
+            self.trajectory = json.loads(header["trajectory"])
+        else:  # written by version 0.1.0 before the trajectory moved into the header
+            _log.warning("%s is in the older resume format: its settings cannot be checked", path)
+            with open(os.path.join(self.output_dir, "trajectory.json")) as f:
+                self.trajectory = json.load(f)
         state = load_file(path)
         self.bound_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
         self._rewind_state = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")} or self._rewind_state
@@ -341,6 +351,11 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
         for setting in [config, *config.get("target_settings", {}).values()]:
             if "sparse_ratio" in setting:
                 check_sparsity(setting["sparse_ratio"])
+
+
+def _is_main_process() -> bool:
+    return not torch.distributed.is_available() or not torch.distributed.is_initialized() \
+        or torch.distributed.get_rank() == 0
 
 
 def _unwrapped(name: str) -> str:

@@ -12,8 +12,9 @@ __all__ = ["install_torch_prune", "remove_torch_prune", "masks_from_torch_prune"
 
 def install_torch_prune(model: torch.nn.Module, ticket: Ticket) -> torch.nn.Module:
     """Attach the ticket with ``prune.custom_from_mask``: each weight becomes ``weight_orig * weight_mask``.
-    A ticket for another architecture raises :class:`~nni_bert_tickets.TicketError` before any hook is added."""
-    ticket._check_fits(prunable_weights(model), strict=True)
+    A ticket for another architecture raises :class:`~nni_bert_tickets.TicketError` before any hook is added;
+    as with ``Ticket.apply(strict=False)``, a pooler on one side only is tolerated (and left dense)."""
+    ticket._check_fits(prunable_weights(model), strict=False)
     for name, module in prunable_modules(model).items():
         key = ticket_key(model, name)
         if key in ticket.masks:

@@ -7,6 +7,7 @@ AdamW lr 2e-5, batch 32, 3 epochs, linear decay to 0, no warm-up, gradient clipp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -126,23 +127,35 @@ class FineTuner:
             acc.load_state(progress["folder"])
             self.step = progress["step"]
             _log.info("resuming training at step %d of %d from %s", self.step, total, progress["folder"])
-        p_model.train()
+        try:
+            self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step, total,
+                       data_seed)
+            self._clear_checkpoint()
+        finally:
+            acc.unwrap_model(p_model).eval()
+            acc.free_memory()  # the Accelerator holds no stale model, optimizer or loader
+
+    def _loop(self, model, optimizer, loader, sampler, scheduler, training_step, total: int, data_seed: int) -> None:
+        """Optimizer steps from ``self.step`` to ``total``; pass k over the data is ordered by ``data_seed + k``
+        (``sampler`` is the batch sampler that the prepared ``loader`` wraps, or shards over processes)."""
+        acc, config = self.accelerator, self.config
+        model.train()
         bar = tqdm(total=total, initial=self.step, desc="train", disable=not acc.is_local_main_process, leave=False)
         while self.step < total:
-            data_pass, done = divmod(self.step, len(p_loader))
-            loader.batch_sampler.reseed(data_pass)
+            data_pass, done = divmod(self.step, len(loader))
+            sampler.reseed(data_pass)
             if hasattr(self.collate, "reseed"):  # a collator that draws (MLM masking) draws per pass too
                 self.collate.reseed(data_seed + data_pass)
-            for batch in acc.skip_first_batches(p_loader, done) if done else p_loader:
-                loss = training_step(batch, p_model)
+            for batch in acc.skip_first_batches(loader, done) if done else loader:
+                loss = training_step(batch, model)
                 acc.backward(loss)
                 if config.max_grad_norm:
-                    acc.clip_grad_norm_(p_model.parameters(), config.max_grad_norm)
+                    acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 self.step += 1  # counted before the optimizer step, so step hooks see the step they finish
-                p_optimizer.step()
-                if p_scheduler is not None:
-                    p_scheduler.step()
-                p_optimizer.zero_grad()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                optimizer.zero_grad()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 if config.checkpoint_steps and self.checkpoint_dir and self.step % config.checkpoint_steps == 0 \
@@ -151,9 +164,6 @@ class FineTuner:
                 if self.step >= total:
                     break
         bar.close()
-        self._clear_checkpoint()
-        acc.unwrap_model(p_model).eval()
-        acc.free_memory()
 
     # ---- step checkpoints ---------------------------------------------------------------------------------
     def _checkpoint_progress(self, total: int) -> Optional[Dict[str, Any]]:
@@ -193,7 +203,9 @@ class FineTuner:
 
     def _clear_checkpoint(self) -> None:
         if self.checkpoint_dir and self.accelerator.is_main_process:
-            for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.tmp", f"{self.checkpoint_dir}.old"):
+            for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.old", f"{self.checkpoint_dir}.tmp"):
+                with contextlib.suppress(FileNotFoundError):  # first, so a half-deleted folder is never used
+                    os.remove(os.path.join(folder, _PROGRESS))
                 shutil.rmtree(folder, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 

@@ -74,7 +74,7 @@ def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
     """``accelerate launch --cpu --num_processes 2`` runs the same driver to the same kind of result."""
     args = ["--task", "wnli", "--model", minilm_path, "--data-dir", glue_dir, "--max-train-samples", "64",
             "--max-eval-samples", "32", "--batch-size", "8", "--max-steps", "2", "--target-sparsity", "0.1",
-            "--output-root", str(tmp_path), "--log-level", "WARNING"]
+            "--checkpoint-steps", "1", "--output-root", str(tmp_path), "--log-level", "WARNING"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -85,38 +85,44 @@ def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["trajectory"]) == 2 and 0 <= metrics["trajectory"][1]["metric"] <= 1
     assert "| 1 | 10.0% |" in out.stdout
+    assert not list(run_dir.glob("imp/step-checkpoint*"))  # step checkpoints (2 processes) saved, then removed
 
 
-@pytest.mark.parametrize("rewind, kill_at, steps_left", [(0, 7, 2 + 4), (1, 3, 2 + 4 + 4)])
-def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, steps_left, tmp_path, minilm_path, glue_dir,
+@pytest.mark.parametrize("rewind, kill_at, kept", [(0, 7, 4 + 2), (1, 3, 2)])
+def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, kept, tmp_path, minilm_path, glue_dir,
                                                          monkeypatch):
     """A kill inside a round continues from the last Accelerate step checkpoint (not from the round's start),
     replaying the interrupted pass over the data: masks and metrics equal an uninterrupted run's. Rounds take
     4 steps and checkpoints come every 2: step 7 is round 1's third; with θ1 rewinding, step 3 is in round 0,
-    after the θ1 snapshot was taken."""
+    after the θ1 snapshot was taken. ``kept``: the steps done when the last checkpoint was saved."""
+    original, losses = FineTuner.training_step, {"a": [], "b": []}
+
+    def recording(run, kill_at=None):
+        def step(batch, model):
+            if len(losses[run]) + 1 == kill_at:
+                raise KeyboardInterrupt("simulated kill")
+            loss = original(batch, model)
+            losses[run].append(loss.item())
+            return loss
+        return staticmethod(step)
+    monkeypatch.setattr(FineTuner, "training_step", recording("a"))
     straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, max_steps=4, rewind=rewind))
     config = _config(tmp_path / "b", minilm_path, glue_dir, max_steps=4, rewind=rewind, checkpoint_steps=2)
     assert config.run_name() == _config(tmp_path, minilm_path, glue_dir, max_steps=4, rewind=rewind).run_name()
     imp_dir = tmp_path / "b" / config.run_name() / "imp"
-    original, steps = FineTuner.training_step, []
-
-    def killed(batch, model):
-        steps.append(1)
-        if len(steps) == kill_at:
-            raise KeyboardInterrupt("simulated kill")
-        return original(batch, model)
-    monkeypatch.setattr(FineTuner, "training_step", staticmethod(killed))
+    monkeypatch.setattr(FineTuner, "training_step", recording("b", kill_at))
     with pytest.raises(KeyboardInterrupt):
         run_imp(config)
     assert json.loads((imp_dir / "step-checkpoint" / "progress.json").read_text())["step"] == 2
     if rewind == 0:  # as if killed while swapping a newer checkpoint in: the previous one is still used
         (imp_dir / "step-checkpoint").rename(imp_dir / "step-checkpoint.old")
 
-    steps.clear()
-    monkeypatch.setattr(FineTuner, "training_step", staticmethod(lambda batch, model: steps.append(1) or
-                                                                 original(batch, model)))
+    assert len(losses["b"]) == kill_at - 1
+    del losses["b"][kept:]  # steps after the checkpoint are lost with the kill and trained again
+    monkeypatch.setattr(FineTuner, "training_step", recording("b"))
     resumed = run_imp(config)
-    assert len(steps) == steps_left  # from the step-2 checkpoint on: no step is trained twice
+    assert len(losses["b"]) == len(losses["a"]) == 3 * 4  # resumed at the checkpoint: no step trained twice
+    assert losses["b"] == losses["a"]  # every step's loss, bit for bit
     assert not any(p.name.startswith("step-checkpoint") for p in imp_dir.iterdir())  # removed after the round
     assert [r["metrics"] for r in resumed["trajectory"]] == [r["metrics"] for r in straight["trajectory"]]
     a = Ticket.load(tmp_path / "a" / config.run_name() / "imp" / "ticket-round02.safetensors")
