@@ -130,8 +130,10 @@ class ExperimentConfig:
         for key in ("batch_size", "epochs", "learning_rate", "max_length", "eval_batch_size", "seeds"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
-        if self.checkpoint_steps < 0 or (self.max_steps is not None and self.max_steps <= 0):
-            raise ValueError("checkpoint_steps must be >= 0 and max_steps positive")
+        if self.checkpoint_steps < 0:
+            raise ValueError(f"checkpoint_steps must be >= 0, got {self.checkpoint_steps!r}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps!r}")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")

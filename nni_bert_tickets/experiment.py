@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 
 from .config import ExperimentConfig
 from .tasks import get_task
-from .ticket import atomic_write_text
+from .files import atomic_write_text
 from .pruners import IMPPruner
 from .targets import bert_config_list
 from .training import FineTuner
@@ -70,7 +70,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     early.close()
     try:
         if accelerator.is_main_process:
-            _write(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)
@@ -79,7 +79,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
                    "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],
                    "trajectory": pruner.trajectory}
         if accelerator.is_main_process:
-            _write(finished, json.dumps(results, indent=1, default=str))
+            atomic_write_text(finished, json.dumps(results, indent=1, default=str))
         _log.info("IMP on %s finished: %s", config.task, finished)
         return results
     finally:
@@ -113,6 +113,3 @@ def _log_to(path: Path, level: str) -> logging.Handler:
     root.setLevel(level)
     return handler
 
-
-def _write(path: Path, text: str) -> None:
-    atomic_write_text(path, text)

@@ -21,7 +21,8 @@ from accelerate.utils import set_seed
 
 from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
 from .config import ExperimentConfig
-from .experiment import _write, prepare, run_imp
+from .experiment import prepare, run_imp
+from .files import atomic_write_text
 from .tasks import get_task
 from .ticket import Ticket
 
@@ -40,11 +41,11 @@ def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[P
     run_dir.mkdir(parents=True, exist_ok=True)
     main = accelerator is None or accelerator.is_main_process
     if main:
-        _write(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
+        atomic_write_text(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
     _log.info("running %s", run_dir.name)
     value = compute(run_dir)
     if main:
-        _write(result, json.dumps(value, indent=1, default=str))
+        atomic_write_text(result, json.dumps(value, indent=1, default=str))
     return value
 
 
@@ -198,7 +199,7 @@ def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> 
     folder = Path(config.output_root) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     name = config.task if experiment != "transfer" else "matrix" + ("" if config.rewind == 0 else f"-rewind-{config.rewind}")
-    _write(folder / f"{experiment}-{name}.json", json.dumps(result, indent=1, default=str))
+    atomic_write_text(folder / f"{experiment}-{name}.json", json.dumps(result, indent=1, default=str))
     return result
 
 

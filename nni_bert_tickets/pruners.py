@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from . import masks as M
 from .targets import base_prefix, check_sparsity
-from .ticket import Ticket, atomic_write, atomic_write_text, prunable_weights
+from .files import atomic_write, atomic_write_text
+from .ticket import Ticket, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)

@@ -11,15 +11,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
+from .files import atomic_write
 from .targets import base_prefix, prunable_modules, ticket_key
 
 __all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint"]
@@ -177,14 +177,14 @@ class Ticket:
         missing = sorted(set(self.masks) - set(live))
         uncovered = sorted(set(live) - set(self.masks))
         # non-strict allows one difference of layout: a pooler on one side only (an MLM model has none)
-        if missing and (strict or any(not k.startswith("pooler.") for k in missing)):
+        if missing and (strict or _beyond_pooler(missing)):
             raise TicketError(f"ticket is for another architecture: model has no {missing[:3]} "
                               f"({len(missing)} of the ticket's {len(self.masks)} matrices missing)")
         if uncovered:
             if strict:
                 raise TicketError(f"ticket is for another architecture: it covers {len(self.masks)} matrices, the model has {len(live)} "
                                   f"prunable ones (e.g. {uncovered[:2]}); use strict=False to leave them dense")
-            if any(not k.startswith("pooler.") for k in uncovered):
+            if _beyond_pooler(uncovered):
                 raise TicketError(f"ticket is for another architecture: the model has prunable matrices the "
                                   f"ticket lacks (e.g. {uncovered[:2]}), beyond a pooler")
             _log.warning("ticket leaves %d matrices dense: %s", len(uncovered), uncovered[:3])
@@ -269,37 +269,9 @@ class _GradMask:
         return grad * mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place; on failure nothing
-    is left behind. Unique per call, so data-parallel ranks writing the same file do not collide."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; a ticket is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once, at import: setting it is the only way to read it
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
+def _beyond_pooler(keys) -> bool:
+    """Whether ``keys`` name any matrix but a pooler (the one layout difference ``strict=False`` allows)."""
+    return any(not k.startswith("pooler.") for k in keys)
 
 
 def _model_name(model: torch.nn.Module) -> str:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .glue import LengthGroupedBatchSampler
-from .ticket import atomic_write_text
+from .files import atomic_write_text
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class FineTuner:
         it, replaying the interrupted pass over the data from where it stopped: the same result as a run that
         was never stopped. The checkpoint is removed once training ends.
         """
-        acc, config = self.accelerator, self.config
+        acc = self.accelerator
         total = self._run_steps = self.num_training_steps(max_steps, max_epochs)
         progress = self._checkpoint_progress(total)
         data_seed = progress["data_seed"] if progress else broadcast_object_list([_draw_seed()])[0]
