@@ -11,7 +11,7 @@ Standard pruning (prune the fine-tuned weights, keep training, no rewind) is ``I
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -28,9 +28,11 @@ def random_ticket(ticket: Ticket, seed: int = 0) -> Ticket:
     return dataclasses.replace(ticket, masks=masks, algorithm="random", seed=seed, weights=None, metrics={})
 
 
-def one_shot_magnitude_ticket(model: torch.nn.Module, sparsity: float, **meta) -> Ticket:
-    """Prune the lowest-magnitude weights of the model's current (pre-trained) weights, globally, once."""
-    weights = prunable_weights(model)
+def one_shot_magnitude_ticket(model: torch.nn.Module, sparsity: float, pooler: Optional[bool] = None,
+                              **meta) -> Ticket:
+    """Prune the lowest-magnitude weights of the model's current (pre-trained) weights, globally, once, over the
+    prunable matrices (``pooler`` as in :func:`~nni_bert_tickets.targets.prunable_modules`)."""
+    weights = prunable_weights(model, pooler)
     return Ticket.from_model(model, M.global_magnitude_masks(weights, sparsity), algorithm="oneshot", **meta)
 
 

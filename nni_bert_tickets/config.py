@@ -19,10 +19,11 @@ import yaml
 from .training import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
-NOT_HASHED = ("output_root", "log_level", "name", "checkpoint_steps")  # where and how, not what
+NOT_HASHED = ("output_root", "log_level", "checkpoint_steps")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
-EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "shuffle_mode", "rewind_points",
+EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
+                     "rewind_points",
                      "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
@@ -43,6 +44,7 @@ class ExperimentConfig:
     step: float = 0.1
     rewind: Optional[float] = 0                 # 0: θ0; int k: step k; float in (0,1): fraction; None: standard
     head: str = "keep"                          # keep | rewind | reinit
+    prune_pooler: Optional[bool] = None         # None: where the model has one (the paper); false: leave it out
     # training (the paper's defaults)
     learning_rate: float = 2e-5
     batch_size: int = 32
@@ -62,7 +64,8 @@ class ExperimentConfig:
     experiment: str = "imp"
     seeds: int = 3                              # full-model fine-tunings (mean ± std) for the verdicts
     baselines: List[str] = dataclasses.field(default_factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
-    baseline_sparsities: Optional[List[float]] = None  # None: every IMP level
+    baseline_sparsities: Optional[List[float]] = None  # None: every IMP level (or see baseline_offsets)
+    baseline_offsets: Optional[List[float]] = None     # e.g. [0, 0.2]: the highest matching level and 20 points up
     shuffle_mode: str = "layers"                # θ0'': layers (reference code) | within
     rewind_points: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
     transfer_tasks: List[str] = dataclasses.field(default_factory=lambda: ["rte", "mrpc", "stsb", "cola", "sst2"])
@@ -71,7 +74,6 @@ class ExperimentConfig:
     mlm_data_dir: Optional[str] = None          # data_dir of an mlm source (None: WikiText-2 from the Hub)
     # bookkeeping
     output_root: str = "runs"
-    name: Optional[str] = None                  # default: <task>-<hash of the settings>
     checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
     log_level: str = "INFO"
 
@@ -114,8 +116,13 @@ class ExperimentConfig:
         return out
 
     def run_name(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.hashed(), sort_keys=True).encode()).hexdigest()[:10]
-        return self.name or f"{self.task}-{digest}"
+        """The IMP run's directory name: ``imp-<task>-<hash of hashed()>``, the one naming scheme of every unit."""
+        return unit_name(f"imp-{self.task}", self.hashed())
+
+    def levels(self) -> List[float]:
+        """The sparsities the IMP run passes (0 first)."""
+        from .masks import sparsity_schedule
+        return [0.0] + sparsity_schedule(self.target_sparsity, self.schedule, self.step)
 
     def validate(self) -> "ExperimentConfig":
         from .tasks import get_task
@@ -146,10 +153,51 @@ class ExperimentConfig:
         if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
                                             or 0 < self.rewind < 1):
             raise ValueError(f"rewind must be 0, a step count, a fraction in (0, 1) or null, got {self.rewind!r}")
+        self._validate_experiment()
         return self
+
+    def _validate_experiment(self) -> None:
+        """Settings that would only fail, or silently do something else, after hours of training."""
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{key} must be a positive number of examples or null (all), got {value!r}; "
+                                 f"e.g. {key}: 2000")
+        if self.prune_pooler not in (None, True, False):
+            raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
+        levels = self.levels()
+
+        def is_level(s: float) -> bool:
+            return any(abs(s - level) < 1e-6 for level in levels[1:])
+        shown = ", ".join(f"{x:g}" for x in levels[1:])
+        odd = [s for s in self.baseline_sparsities or [] if not is_level(s)]
+        if odd:
+            raise ValueError(f"baseline_sparsities {odd} are not levels of the IMP run ({self.schedule} schedule, "
+                             f"step {self.step}, target {self.target_sparsity}): its levels are {shown}; "
+                             f"e.g. baseline_sparsities: [{levels[-1]:g}]")
+        if self.baseline_sparsities is not None and self.baseline_offsets is not None:
+            raise ValueError("give baseline_sparsities or baseline_offsets, not both")
+        bad = [o for o in self.baseline_offsets or [] if not 0 <= o < 1]
+        if bad:
+            raise ValueError(f"baseline_offsets are sparsity points above the highest matching level, in [0, 1); "
+                             f"got {bad}; e.g. baseline_offsets: [0, 0.2]")
+        bad = [p for p in self.rewind_points if not 0 <= p < 1]
+        if bad:
+            raise ValueError(f"rewind_points are fractions of training in [0, 1) (0 is θ0), got {bad}; "
+                             "e.g. rewind_points: [0, 0.05, 0.1, 0.2, 0.5]")
+        if self.experiment == "transfer" and not is_level(self.transfer_sparsity):
+            raise ValueError(f"transfer_sparsity {self.transfer_sparsity:g} is not a level of the IMP runs the "
+                             f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
 
 
 BASELINE_KINDS = ("random_pruning", "random_reinit", "shuffled", "oneshot", "imp_fresh_head")
+
+
+def unit_name(kind: str, settings: Dict[str, Any]) -> str:
+    """``<kind>-<hash>``: a unit of work (an IMP run, a full-model fine-tuning, a baseline, a transfer) is named by
+    exactly the settings it depends on, so equal settings share it and different ones never do."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{kind}-{digest}"
 
 
 def _kind(tp) -> type:

@@ -71,7 +71,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     try:
         if accelerator.is_main_process:
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity), tuner.evaluator(model),
+        pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)
         pruner.compress()

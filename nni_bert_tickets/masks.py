@@ -14,7 +14,7 @@ from .targets import check_sparsity
 Masks = Dict[str, torch.Tensor]
 
 __all__ = ["Masks", "global_magnitude_masks", "random_masks", "sparsity", "layer_sparsity",
-           "sparsity_schedule", "count_to_prune"]
+           "sparsity_schedule", "count_to_prune", "check_same_keys"]
 
 
 def count_to_prune(total: int, sparsity: float) -> int:
@@ -31,7 +31,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
     """
     names = list(weights)
     if masks is not None:
-        _check_same_keys(weights, masks)
+        check_same_keys(weights, masks)
     scores = []
     for name in names:
         score = weights[name].detach().abs().float().flatten()
@@ -102,7 +102,8 @@ def _split(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Masks:
     return out
 
 
-def _check_same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
+def check_same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless ``a`` and ``b`` name the same tensors with the same shapes."""
     if set(a) != set(b):
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         raise KeyError(f"masks and weights name different tensors (missing {missing[:3]}, extra {extra[:3]})")

@@ -9,7 +9,6 @@ Results land in ``<output_root>/tables/<experiment>-<name>.json``; ``nni_bert_ti
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import statistics
@@ -20,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
-from .config import ExperimentConfig
+from .config import ExperimentConfig, unit_name
 from .experiment import prepare, run_imp
 from .files import atomic_write_text
 from .tasks import get_task
@@ -33,8 +32,7 @@ _log = logging.getLogger(__name__)
 def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[Path], Dict[str, Any]],
            accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
     """Run ``compute(run_dir)`` once per distinct ``settings``; later calls read ``result.json``."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    run_dir = Path(root) / f"{kind}-{digest}"
+    run_dir = Path(root) / unit_name(kind, settings)
     result = run_dir / "result.json"
     if result.exists():
         return json.loads(result.read_text())
@@ -85,12 +83,13 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
     for the other baselines, since the IMP trajectory's own numbers keep the head trained across rounds."""
     settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
                 "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
-                "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None}
+                "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None,
+                **({"prune_pooler": config.prune_pooler} if config.prune_pooler is not None else {})}
 
     def compute(run_dir):
         model, tuner = prepare(config, accelerator, run_dir / "step-checkpoint")
         if kind == "oneshot":
-            ticket = one_shot_magnitude_ticket(model, sparsity)
+            ticket = one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler)
             ticket.apply(model)
         else:
             ticket = imp_ticket(config, sparsity)
@@ -120,22 +119,49 @@ def _matching(metric: Optional[float], full: Dict[str, Any]) -> bool:
 
 
 def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """Full model over seeds, the IMP trajectory, and the baselines at each sparsity, with verdicts."""
+    """Full model over seeds, the IMP row, and the baselines, with verdicts.
+
+    The IMP row is the paper's f(x; m_IMP ⊙ θ0, γ0) fine-tuned from the start at each level. With
+    ``head: rewind`` that is the IMP run itself (the head goes back to γ0 with the body, Algorithm 1), at no extra
+    cost; otherwise each level's mask is retrained from θ0 with a fresh head (``imp_fresh_head``), and the run's
+    own trajectory, whose head was carried across rounds (the reference code), is shown beside it, labelled.
+    """
     full = _full_stats(config, accelerator)
     imp = run_imp(config, accelerator)
-    wanted = config.baseline_sparsities
     rows = []
     for record in imp["trajectory"][1:]:
         level = record["target_sparsity"]
-        row = {"sparsity": level, "imp": record["metric"], "matching": _matching(record["metric"], full)}
-        if wanted is None or any(abs(level - s) < 1e-6 for s in wanted):
-            for kind in config.baselines:
-                row[kind] = baseline(config, kind, level, accelerator)["default"]
-        rows.append(row)
+        if config.head == "rewind":
+            row = {"sparsity": level, "imp": record["metric"]}
+        else:
+            row = {"sparsity": level, "imp": baseline(config, "imp_fresh_head", level, accelerator)["default"],
+                   "imp_carried_head": record["metric"]}
+        rows.append({**row, "matching": _matching(row["imp"], full)})
     winners = [r["sparsity"] for r in rows if r["matching"]]
+    highest = max(winners) if winners else None
+    at = _baseline_levels(config, [r["sparsity"] for r in rows], highest)
+    for row in rows:
+        if any(abs(row["sparsity"] - s) < 1e-6 for s in at):
+            for kind in config.baselines:
+                row[kind] = baseline(config, kind, row["sparsity"], accelerator)["default"]
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
-        "baselines": config.baselines, "highest_winning_sparsity": max(winners) if winners else None})
+        "baselines": config.baselines, "highest_winning_sparsity": highest,
+        "imp_row": "head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
+        else "IMP mask retrained from θ0 with a fresh head",
+        "pruned": "encoder matrices, pooler left out" if config.prune_pooler is False else "the paper's set"})
+
+
+def _baseline_levels(config: ExperimentConfig, levels, highest: Optional[float]):
+    """Where the baselines run: ``baseline_sparsities``; or ``baseline_offsets`` above the highest matching level
+    (the lowest level when none matches); or every level."""
+    if config.baseline_sparsities is not None:
+        return list(config.baseline_sparsities)
+    if config.baseline_offsets is None:
+        return list(levels)
+    base = highest if highest is not None else min(levels)
+    wanted = [base + offset for offset in config.baseline_offsets]
+    return [level for level in levels if any(abs(level - w) < 1e-6 for w in wanted)]
 
 
 def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:

@@ -23,15 +23,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import masks as M
-from .targets import base_prefix, check_sparsity
+from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
 from .files import atomic_write, atomic_write_text
-from .ticket import Ticket, prunable_weights
+from .ticket import Ticket, fingerprint, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
 _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
 _STATE = "imp_state.safetensors"  # the model, the rewind point and the trajectory after the last round
 _THETA_I = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
+_SETTINGS_0_1 = ("levels", "schedule", "step", "rewind", "head", "seed")  # what version 0.1.0 recorded
 
 
 class _TicketPruner(Pruner):
@@ -161,6 +162,10 @@ class IMPPruner(_TicketPruner):
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
+        # what a resume must find again: the same matrices pruned, found on the same θ0
+        self._covered = sorted(ticket_key(self.bound_model, name) for name in self._target_spaces)
+        self._base = fingerprint(self._theta0_prunable, {k: torch.ones_like(w, dtype=torch.bool)
+                                                         for k, w in self._theta0_prunable.items()})
         self._rewind_state = self._state() if rewind == 0 else None
 
     # ---- the level loop ------------------------------------------------------------------------------------
@@ -306,7 +311,8 @@ class IMPPruner(_TicketPruner):
     def _settings(self) -> Dict[str, Any]:
         """What makes the rounds what they are; a resume under other settings is refused."""
         return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
-                "head": self.head, "seed": self.seed}
+                "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
+                "base_weights": self._base}
 
     def _resume(self) -> int:
         path = os.path.join(self.output_dir or "", _STATE)
@@ -317,10 +323,15 @@ class IMPPruner(_TicketPruner):
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
         if "settings" in header:
-            saved = json.loads(header["settings"])
-            if saved != json.loads(json.dumps(self._settings())):
-                raise ValueError(f"{self.output_dir} holds an IMP run with other settings ({saved}); use another "
-                                 "output_dir or the same settings to resume it")
+            saved, now = json.loads(header["settings"]), json.loads(json.dumps(self._settings()))
+            # files from before the task, the pruned set and the base weights were recorded lack those keys
+            differ = sorted(k for k in now if (k in saved or k in _SETTINGS_0_1) and saved.get(k) != now[k])
+            if differ:
+                shown = {k: saved.get(k) for k in differ if k not in ("pruned", "base_weights")}
+                raise ValueError(
+                    f"{self.output_dir} holds an IMP run with other settings ({', '.join(differ)} differ"
+                    + (f"; it has {shown}" if shown else "") + "): another task, model, pruned set or schedule. "
+                    "Use another output_dir, or the same settings to resume it")
             self.trajectory = json.loads(header["trajectory"])
         else:  # written by version 0.1.0 before the trajectory moved into the header
             _log.warning("%s is in the older resume format: its settings cannot be checked", path)
@@ -343,15 +354,26 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
     if not config_list:
         raise ValueError(f"{who}: config_list is empty")
     names = {name for name, _ in model.named_modules()}
+    prunable = set(prunable_modules(model))
     for i, config in enumerate(trans_legacy_config_list(config_list)):
         unknown = [n for n in config.get("op_names", []) if n not in names]
         if unknown:
             raise ValueError(f"{who}: config_list[{i}] names modules the model does not have: {unknown[:3]}")
-        if not select_modules_by_config(model, config)[0]:
+        selected = select_modules_by_config(model, config)[0]
+        if not selected:
             raise ValueError(f"{who}: config_list[{i}] matches no module of {type(model).__name__}")
         for setting in [config, *config.get("target_settings", {}).values()]:
             if "sparse_ratio" in setting:
                 check_sparsity(setting["sparse_ratio"])
+        if not config.get("exclude"):
+            outside = sorted(set(selected) - prunable)
+            if outside:
+                raise ValueError(f"{who}: config_list[{i}] selects {outside[:3]}, which are not prunable matrices "
+                                 "(a ticket covers the attention, FFN and pooler matrices of the body; embeddings, "
+                                 "biases, LayerNorm and task heads are never pruned)")
+            targets = [t for t in config.get("target_names", ["weight"]) if t != "weight"]
+            if targets:
+                raise ValueError(f"{who}: config_list[{i}] targets {targets}; tickets prune weights only")
 
 
 def _is_main_process() -> bool:

@@ -22,7 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 __all__ = ["render", "main"]
 _log = logging.getLogger(__name__)
 LABELS = {"imp": "IMP (m_IMP ⊙ θ0)", "random_pruning": "random pruning", "random_reinit": "random reinit θ0′",
-          "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0", "imp_fresh_head": "IMP mask on θ0, fresh head"}
+          "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0", "imp_fresh_head": "IMP mask on θ0, fresh head",
+          "imp_carried_head": "IMP trajectory, head carried across rounds (reference code)"}
+
+
+def _rows_keys(result: Dict[str, Any]) -> List[str]:
+    """The IMP row, the carried-head trajectory where the table has one, then the baselines."""
+    carried = ["imp_carried_head"] if any("imp_carried_head" in r for r in result["rows"]) else []
+    return ["imp", *carried, *result["baselines"]]
 
 
 def _fmt(x) -> str:
@@ -46,14 +53,14 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
     out.append("| sparsity | " + " | ".join(f"{100 * _pick(r)['sparsity']:.0f}%" for r in results) + " |")
     out.append("| full model (mean ± std) | " + " | ".join(
         f"{_fmt(r['full']['mean'])} ± {100 * r['full']['std']:.1f}" for r in results) + " |")
-    for key in ["imp", *results[0]["baselines"]]:
+    for key in _rows_keys(results[0]):
         out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_fmt(_pick(r).get(key))
                                                           for r in results) + " |")
     out.append("| highest winning sparsity | " + " | ".join(
         "none" if r["highest_winning_sparsity"] is None else f"{100 * r['highest_winning_sparsity']:.0f}%"
         for r in results) + " |")
     for r in results:
-        keys = ["imp", *r["baselines"]]
+        keys = _rows_keys(r)
         out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'])} ± "
                     f"{100 * r['full']['std']:.1f} over {len(r['full']['runs'])} seeds)", "",
                 "| sparsity | " + " | ".join(LABELS.get(k, k) for k in keys) + " | winning |",
@@ -81,7 +88,7 @@ def table2_plot(result: Dict[str, Any], path: Path) -> None:
                label="full model ±1 std")
     ax.axhline(full["mean"], color="grey", lw=1)
     ax.plot([100 * x for x in xs], [full["mean"]] + [r["imp"] for r in result["rows"]], "o-", label=LABELS["imp"])
-    for key in result["baselines"]:
+    for key in _rows_keys(result)[1:]:
         pts = [(100 * r["sparsity"], r[key]) for r in result["rows"] if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), "s--", label=LABELS.get(key, key))

@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 
 from . import masks as M
 from .files import atomic_write
-from .targets import base_prefix, prunable_modules, ticket_key
+from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
 
-__all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint"]
+__all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint", "matrix_fingerprints"]
 
 _FORMAT = "nni_bert_tickets.ticket/1"
 _log = logging.getLogger(__name__)
@@ -32,9 +32,10 @@ class TicketError(ValueError):
     """A ticket that does not fit a model, or a file that is not a valid ticket."""
 
 
-def prunable_weights(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The model's prunable weights by ticket key (the live parameters, not copies)."""
-    return {ticket_key(model, name): module.weight for name, module in prunable_modules(model).items()}
+def prunable_weights(model: torch.nn.Module, pooler: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+    """The model's prunable weights by ticket key (the live parameters, not copies); ``pooler`` as in
+    :func:`~nni_bert_tickets.targets.prunable_modules`."""
+    return {ticket_key(model, name): module.weight for name, module in prunable_modules(model, pooler).items()}
 
 
 def fingerprint(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> str:
@@ -44,10 +45,25 @@ def fingerprint(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.T
     """
     digest = hashlib.sha256()
     for key in sorted(masks):
-        w = weights[key].detach().float().cpu()
-        digest.update(f"{key}:{tuple(w.shape)};".encode())
-        digest.update(torch.where(masks[key].cpu(), w, torch.zeros(())).numpy().tobytes())
+        _hash_matrix(digest, key, weights[key], masks[key])
     return digest.hexdigest()
+
+
+def matrix_fingerprints(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    """One short fingerprint per matrix (as :func:`fingerprint`), so that a ticket applied to a model lacking
+    one of its matrices (a pooler) can still check the base weights of the others."""
+    out = {}
+    for key in sorted(masks):
+        digest = hashlib.sha256()
+        _hash_matrix(digest, key, weights[key], masks[key])
+        out[key] = digest.hexdigest()[:16]
+    return out
+
+
+def _hash_matrix(digest, key: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    w = weight.detach().float().cpu()
+    digest.update(f"{key}:{tuple(w.shape)};".encode())
+    digest.update(torch.where(mask.cpu(), w, torch.zeros(())).numpy().tobytes())
 
 
 @dataclass
@@ -56,6 +72,11 @@ class Ticket:
 
     ``weights``, when present, are the values the surviving weights are rewound to (θi for i > 0); with
     ``None`` the subnetwork starts from the base model's own pre-trained weights θ0.
+
+    A ticket *covers* the matrices it has masks for: all of the model's prunable matrices (the paper's set), or
+    a subset (the pooler left out, only attention, some layers). Matrices it does not cover stay dense and
+    untouched wherever it is applied. ``encoder_matrices`` is how many prunable matrices (the pooler aside) the
+    model it was found on has, so a ticket is never applied to another layout as if it were a subset.
     """
 
     masks: Dict[str, torch.Tensor]
@@ -69,6 +90,9 @@ class Ticket:
     rewind: Optional[str] = None
     metrics: Dict[str, Any] = field(default_factory=dict)
     weights: Optional[Dict[str, torch.Tensor]] = None
+    model_type: str = ""
+    encoder_matrices: Optional[int] = None
+    matrix_fingerprints: Dict[str, str] = field(default_factory=dict)
     version: str = ""
 
     def __post_init__(self) -> None:
@@ -81,12 +105,26 @@ class Ticket:
     @classmethod
     def from_model(cls, model: torch.nn.Module, masks: Mapping[str, torch.Tensor],
                    base_weights: Optional[Mapping[str, torch.Tensor]] = None, **meta: Any) -> "Ticket":
-        """A ticket for ``model`` (keys as :func:`prunable_weights`); fingerprinted on ``base_weights`` (θ0),
-        by default the model's current weights."""
-        weights = prunable_weights(model) if base_weights is None else base_weights
-        M._check_same_keys(weights, masks)
+        """A ticket for ``model`` covering the matrices ``masks`` names (keys as :func:`prunable_weights`: all of
+        them, or a subset); fingerprinted on ``base_weights`` (θ0), by default the model's current weights."""
+        live = prunable_weights(model)
+        unknown = sorted(set(masks) - set(live))
+        if unknown:
+            raise TicketError(f"masks name {unknown[:3]}, which are not prunable matrices of {type(model).__name__} "
+                              "(embeddings, biases, LayerNorm and task heads are never pruned)")
+        if not masks:
+            raise TicketError("a ticket needs at least one mask")
+        source = live if base_weights is None else base_weights
+        absent = sorted(set(masks) - set(source))
+        if absent:
+            raise TicketError(f"base_weights lack {absent[:3]}")
+        weights = {k: source[k] for k in masks}
+        M.check_same_keys(weights, masks)
         meta.setdefault("base_model", _model_name(model))
-        return cls(masks=dict(masks), fingerprint=fingerprint(weights, masks), **meta)
+        meta.setdefault("model_type", _model_type(model))
+        meta.setdefault("encoder_matrices", sum(not is_pooler(k) for k in live))
+        return cls(masks=dict(masks), fingerprint=fingerprint(weights, masks),
+                   matrix_fingerprints=matrix_fingerprints(weights, masks), **meta)
 
     @classmethod
     def from_nni_masks(cls, model: torch.nn.Module, nni_masks: Mapping[str, Mapping[str, torch.Tensor]],
@@ -127,73 +165,106 @@ class Ticket:
         Pruned weights are set to exactly 0 and their gradients are masked, so any optimizer whose update is
         zero for a zero gradient from zero state (SGD, Adam, AdamW with decoupled weight decay) leaves them at
         exactly 0. Parameter names are unchanged (``save_pretrained`` keeps working); ``.remove()`` undoes the
-        gradient masking. ``strict`` requires the ticket and model to cover the same matrices
-        (``strict=False`` tolerates a pooler on one side only, as between MLM and classification models);
+        gradient masking. Matrices the ticket does not cover stay dense. ``strict=False`` also tolerates a
+        pooler mask for a model without a pooler (a classification ticket on an MLM or SQuAD model): that mask
+        is dropped with a logged note, and :attr:`AppliedTicket.sparsity` is the sparsity actually applied.
         ``check_weights`` requires the model's surviving weights to be the ticket's base weights θ0 (pass
         False for the re-initialised or shuffled baselines); ``load_weights`` copies a θi ticket's weights in.
         """
         live = prunable_weights(model)
-        self._check_fits(live, strict)
-        masks = {k: m for k, m in self.masks.items() if k in live}
+        masks = self.fit(model, strict)
         if check_weights and self.fingerprint:
-            got = fingerprint(live, masks) if len(masks) == len(self.masks) else None
-            if got != self.fingerprint:
-                raise TicketError(
-                    f"{type(model).__name__} does not hold the weights this ticket was found on "
-                    f"({self.base_model or 'unknown base'}, fingerprint {self.fingerprint[:12]}): a different "
-                    "checkpoint, or weights already trained; pass check_weights=False to apply it anyway")
+            self._check_base_weights(model, live, masks)
         with torch.no_grad():
             if load_weights and self.weights is not None:
                 self._load_weights(model)
             for key, mask in masks.items():
                 live[key].masked_fill_(~mask.to(live[key].device), 0.0)
-        return AppliedTicket(self, {key: live[key] for key in masks})
+        applied = AppliedTicket(self, {key: live[key] for key in masks})
+        if len(masks) < len(self.masks):
+            _log.warning("applied %d of the ticket's %d masks: sparsity %.2f%% over them (the ticket's own: %.2f%%)",
+                         len(masks), len(self.masks), 100 * applied.sparsity, 100 * self.sparsity)
+        return applied
+
+    def fit(self, model: torch.nn.Module, strict: bool = True) -> Dict[str, torch.Tensor]:
+        """The masks of this ticket that apply to ``model``; a :class:`TicketError` if the ticket is for another
+        architecture or model type, or (with ``strict``) covers a matrix the model lacks."""
+        live = prunable_weights(model)
+        kind = _model_type(model)
+        if self.model_type and kind and kind != self.model_type:
+            raise TicketError(f"ticket is for a {self.model_type!r} model, not {kind!r} ({type(model).__name__})")
+        missing = sorted(set(self.masks) - set(live))
+        if missing and (strict or not all(is_pooler(k) for k in missing)):
+            raise TicketError(
+                f"ticket is for another architecture: the model has no {missing[:3]} ({len(missing)} of the "
+                f"ticket's {len(self.masks)} matrices missing)"
+                + ("; a pooler mask can be dropped with strict=False (as transfer_to does)"
+                   if all(is_pooler(k) for k in missing) else ""))
+        if missing:
+            pruned = sum(int((~self.masks[k]).sum()) for k in missing)
+            _log.warning("the model has no pooler: the ticket's pooler mask (%d of its weights pruned) is not applied",
+                         pruned)
+        encoder = sum(not is_pooler(k) for k in live)
+        if self.encoder_matrices is not None and encoder != self.encoder_matrices:
+            raise TicketError(f"ticket is for another architecture: it was found on a model with "
+                              f"{self.encoder_matrices} encoder matrices, this one has {encoder}")
+        uncovered = sorted(set(live) - set(self.masks))
+        if self.encoder_matrices is None and uncovered:  # a 0.1.0 ticket: it always covered the whole set
+            if strict or not all(is_pooler(k) for k in uncovered):
+                raise TicketError(f"ticket is for another architecture: it covers {len(self.masks)} matrices, the "
+                                  f"model has {len(live)} prunable ones (e.g. {uncovered[:2]})")
+        if uncovered:
+            _log.info("the ticket covers %d of the model's %d prunable matrices; %s stay dense",
+                      len(live) - len(uncovered), len(live), uncovered[:3] if len(uncovered) <= 3 else
+                      f"{len(uncovered)} (e.g. {uncovered[:2]})")
+        for key, mask in self.masks.items():
+            if key in live and tuple(live[key].shape) != tuple(mask.shape):
+                raise TicketError(f"ticket is for another architecture: {key} has shape {tuple(mask.shape)} in the "
+                                  f"ticket and {tuple(live[key].shape)} in the model")
+        return {k: m for k, m in self.masks.items() if k in live}
+
+    def _check_base_weights(self, model: torch.nn.Module, live: Mapping[str, torch.Tensor],
+                            masks: Mapping[str, torch.Tensor]) -> None:
+        if len(masks) == len(self.masks):
+            same = fingerprint(live, masks) == self.fingerprint
+        elif self.matrix_fingerprints:
+            same = matrix_fingerprints(live, masks) == {k: self.matrix_fingerprints.get(k) for k in masks}
+        else:  # a 0.1.0 ticket applied without its pooler: its one fingerprint covers the pooler too
+            _log.warning("this ticket (version %s) has no per-matrix fingerprints: the base weights of a partial "
+                         "application cannot be checked", self.version)
+            same = True
+        if not same:
+            raise TicketError(
+                f"{type(model).__name__} does not hold the weights this ticket was found on "
+                f"({self.base_model or 'unknown base'}, fingerprint {self.fingerprint[:12]}): a different "
+                "checkpoint, or weights already trained; pass check_weights=False to apply it anyway")
 
     def _load_weights(self, model: torch.nn.Module) -> None:
         """Copy a θi ticket's rewind weights (keyed relative to the body) into the model's body."""
         prefix = base_prefix(model)
         body = {n[len(prefix):]: p for n, p in model.named_parameters() if n.startswith(prefix)}
         missing = sorted(set(self.weights) - set(body))
-        if missing:
+        if missing and not all(k.startswith("pooler.") for k in missing):
             raise TicketError(f"the ticket's rewind weights do not fit this model: no {missing[:3]}")
-        for key, value in self.weights.items():  # all checked before any is copied
+        weights = {k: v for k, v in self.weights.items() if k in body}  # a pooler the model lacks is skipped
+        for key, value in weights.items():  # all checked before any is copied
             if tuple(body[key].shape) != tuple(value.shape):
                 raise TicketError(f"rewind weight {key} has shape {tuple(value.shape)}, the model "
                                   f"{tuple(body[key].shape)}")
-        for key, value in self.weights.items():
+        for key, value in weights.items():
             body[key].copy_(value.to(body[key]))
 
     def transfer_to(self, model: torch.nn.Module, task: Optional[str] = None) -> "AppliedTicket":
         """Apply this task-S ticket to a fresh model for task T (pre-trained body θ0, new head).
 
-        Matrices the ticket lacks (an MLM ticket has no pooler) stay dense, with a warning.
+        Between classification models (with a pooler) and MLM or SQuAD models (without) the pooler differs:
+        a pooler mask the target lacks is dropped (logged, with the sparsity actually applied), and a pooler
+        the ticket lacks stays dense.
         """
         applied = self.apply(model, strict=False, check_weights=True)
         if task is not None:
             applied.ticket = dataclasses.replace(self, task=task, metrics={"source_task": self.task})
         return applied
-
-    def _check_fits(self, live: Mapping[str, torch.Tensor], strict: bool) -> None:
-        missing = sorted(set(self.masks) - set(live))
-        uncovered = sorted(set(live) - set(self.masks))
-        # non-strict allows one difference of layout: a pooler on one side only (an MLM model has none)
-        if missing and (strict or _beyond_pooler(missing)):
-            raise TicketError(f"ticket is for another architecture: model has no {missing[:3]} "
-                              f"({len(missing)} of the ticket's {len(self.masks)} matrices missing)")
-        if uncovered:
-            if strict:
-                raise TicketError(f"ticket is for another architecture: it covers {len(self.masks)} matrices, the model has {len(live)} "
-                                  f"prunable ones (e.g. {uncovered[:2]}); use strict=False to leave them dense")
-            if _beyond_pooler(uncovered):
-                raise TicketError(f"ticket is for another architecture: the model has prunable matrices the "
-                                  f"ticket lacks (e.g. {uncovered[:2]}), beyond a pooler")
-            _log.warning("ticket leaves %d matrices dense: %s", len(uncovered), uncovered[:3])
-        if missing:
-            _log.warning("the model has no %s: those masks of the ticket are not used", missing)
-        for key, mask in self.masks.items():
-            if key in live and tuple(live[key].shape) != tuple(mask.shape):
-                raise TicketError(f"ticket is for another architecture: {key} has shape {tuple(mask.shape)} in the "
-                                  f"ticket and {tuple(live[key].shape)} in the model")
 
     # ---- files --------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, include_weights: bool = True) -> None:
@@ -237,10 +308,16 @@ class AppliedTicket:
     def __init__(self, ticket: Ticket, params: Dict[str, torch.nn.Parameter]):
         self.ticket = ticket
         self.params = params
+        self.masks = {key: ticket.masks[key] for key in params}  # the masks actually applied
         self._handles: List[Any] = []
         for key, param in params.items():
             if param.requires_grad:
                 self._handles.append(param.register_hook(_GradMask(ticket.masks[key])))
+
+    @property
+    def sparsity(self) -> float:
+        """The sparsity actually applied: over the masks the model had matrices for."""
+        return M.sparsity(self.masks)
 
     def remove(self) -> None:
         """Stop masking gradients (the weights keep their current values)."""
@@ -269,9 +346,8 @@ class _GradMask:
         return grad * mask
 
 
-def _beyond_pooler(keys) -> bool:
-    """Whether ``keys`` name any matrix but a pooler (the one layout difference ``strict=False`` allows)."""
-    return any(not k.startswith("pooler.") for k in keys)
+def _model_type(model: torch.nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", "") or "")
 
 
 def _model_name(model: torch.nn.Module) -> str:

@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils import prune
 
 from .targets import prunable_modules, ticket_key
-from .ticket import Ticket, prunable_weights
+from .ticket import Ticket
 
 __all__ = ["install_torch_prune", "remove_torch_prune", "masks_from_torch_prune"]
 
@@ -13,12 +13,13 @@ __all__ = ["install_torch_prune", "remove_torch_prune", "masks_from_torch_prune"
 def install_torch_prune(model: torch.nn.Module, ticket: Ticket) -> torch.nn.Module:
     """Attach the ticket with ``prune.custom_from_mask``: each weight becomes ``weight_orig * weight_mask``.
     A ticket for another architecture raises :class:`~nni_bert_tickets.TicketError` before any hook is added;
-    as with ``Ticket.apply(strict=False)``, a pooler on one side only is tolerated (and left dense)."""
-    ticket._check_fits(prunable_weights(model), strict=False)
+    as with ``Ticket.apply(strict=False)``, a pooler mask the model lacks is dropped, and matrices the ticket
+    does not cover get no hook (they stay dense)."""
+    masks = ticket.fit(model, strict=False)
     for name, module in prunable_modules(model).items():
         key = ticket_key(model, name)
-        if key in ticket.masks:
-            prune.custom_from_mask(module, "weight", ticket.masks[key].to(module.weight.device))
+        if key in masks:
+            prune.custom_from_mask(module, "weight", masks[key].to(module.weight.device))
     return model
 
 

@@ -28,7 +28,7 @@ def _config(tmp_path, minilm_path, glue_dir, **overrides):
                     baselines=["random_pruning", "random_reinit", "shuffled"], baseline_sparsities=[0.2],
                     rewind_points=[0.0, 0.5], transfer_tasks=["wnli", "rte"], transfer_sparsity=0.1,
                     transfer_sources=["mlm"], mlm_data_dir=str(SHARED / "data" / "wikitext2"),
-                    output_root=str(tmp_path))
+                    head="rewind", output_root=str(tmp_path))
     settings.update(overrides)
     return ExperimentConfig(**settings).validate()
 
@@ -45,6 +45,12 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
         assert row["matching"] == (row["imp"] >= full["mean"] - full["std"])
     winners = [r["sparsity"] for r in t2["rows"] if r["matching"]]
     assert t2["highest_winning_sparsity"] == (max(winners) if winners else None)
+
+    counted.clear()  # head carried across rounds: the IMP row is the mask retrained from θ0 with a fresh head
+    kept = table2(_config(tmp_path, minilm_path, glue_dir, head="keep", baselines=["random_pruning"]))
+    assert len(counted) == 3 + 2 + 1  # its own IMP run, imp_fresh_head at both levels, one baseline; full reused
+    assert all("imp_carried_head" in r for r in kept["rows"]) and kept["imp_row"].startswith("IMP mask retrained")
+    assert "imp_carried_head" not in t2["rows"][0] and t2["imp_row"].startswith("head rewound")
 
     counted.clear()
     t3 = table3(config)
