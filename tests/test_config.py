@@ -1,0 +1,52 @@
+"""Settings that would fail hours into a run, or silently do something else, are refused before anything runs;
+every unit of work is named by its settings alone."""
+import dataclasses
+
+import pytest
+
+from nni_bert_tickets.config import ExperimentConfig, parse_args
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(baseline_sparsities=[0.25]), "not levels of the IMP run"),
+    (dict(schedule="geometric", baseline_sparsities=[0.2]), "not levels of the IMP run"),  # 0.19 is, 0.2 is not
+    (dict(rewind_points=[-0.1]), "rewind_points"),
+    (dict(rewind_points=[5]), "fractions of training"),
+    (dict(experiment="transfer", transfer_sparsity=0.55), "transfer_sparsity 0.55 is not a level"),
+    (dict(max_train_samples=0), "max_train_samples must be a positive"),
+    (dict(max_eval_samples=-3), "max_eval_samples must be a positive"),
+    (dict(baseline_offsets=[1.5]), "baseline_offsets"),
+    (dict(baseline_offsets=[0.2], baseline_sparsities=[0.5]), "not both"),
+])
+def test_silently_wrong_settings_are_refused_with_the_settings_name(settings, message):
+    with pytest.raises(ValueError, match=message) as err:
+        ExperimentConfig(**settings).validate()
+    assert "e.g." in str(err.value) or "not both" in message
+
+
+def test_valid_experiment_settings_pass():
+    ExperimentConfig(schedule="geometric", target_sparsity=0.3, baseline_sparsities=[0.19, 0.3]).validate()
+    ExperimentConfig(experiment="transfer", target_sparsity=0.7, transfer_sparsity=0.5).validate()
+    ExperimentConfig(rewind_points=[0, 0.05], baseline_offsets=[0, 0.2], max_train_samples=10).validate()
+
+
+def test_the_cli_refuses_a_bad_setting_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="rewind_points"):
+        parse_args(["--task", "rte", "--rewind-points", "5", "--output-root", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_names_come_from_the_settings_alone(tmp_path):
+    base = ExperimentConfig(task="rte")
+    assert "name" not in {f.name for f in dataclasses.fields(ExperimentConfig)}  # no hand-set name to share
+    variants = [dataclasses.replace(base, task="mrpc"), dataclasses.replace(base, model="other"),
+                dataclasses.replace(base, prune_pooler=False), dataclasses.replace(base, rewind=0.1),
+                dataclasses.replace(base, rewind=None)]
+    names = {base.run_name(), *(v.run_name() for v in variants)}
+    assert len(names) == 1 + len(variants)
+    assert base.run_name().startswith("imp-rte-")
+    # settings that choose tables, or where output goes, do not rename the IMP run
+    assert dataclasses.replace(base, seeds=5, output_root="x", baselines=[]).run_name() == base.run_name()
+    (tmp_path / "named.yaml").write_text("task: rte\nname: mine\n")
+    with pytest.raises(ValueError, match="unknown setting"):
+        parse_args(["--config", str(tmp_path / "named.yaml")])
