@@ -27,7 +27,12 @@ EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", 
                      "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
-                   "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability")
+                   "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
+                   "squad_train_articles", "mlm_head_warmup_steps", "mlm_head_warmup_lr")
+# settings that only one task reads: left out of the other tasks' run names, so that a transfer config naming
+# them does not rename the GLUE runs it shares with Table 2
+TASK_FIELDS = {"squad": ("doc_stride", "squad_train_articles"),
+               "mlm": ("mlm_probability", "mlm_head_warmup_steps", "mlm_head_warmup_lr")}
 
 
 @dataclass
@@ -59,6 +64,9 @@ class ExperimentConfig:
     group_by_length: bool = True
     doc_stride: int = 128                       # SQuAD: overlap of the windows over long contexts
     mlm_probability: float = 0.15               # MLM: fraction of tokens masked
+    mlm_head_warmup_steps: int = 0              # MLM: train a missing MLM head first, body frozen (θ0 = body + it)
+    mlm_head_warmup_lr: float = 1e-3
+    squad_train_articles: Optional[int] = None  # SQuAD: re-split the dev set, its first N articles train
     seed: int = 42
     # which experiment (examples/glue.py): imp | table2 | table3 | transfer
     experiment: str = "imp"
@@ -107,6 +115,8 @@ class ExperimentConfig:
         """The named settings that differ from their defaults (plus task and model, always), so that adding a
         setting with a default later leaves every earlier run's name, and so its results, valid."""
         out = {}
+        other_tasks = {n for task, owned in TASK_FIELDS.items() if task != self.task for n in owned}
+        names = set(names) - other_tasks
         for f in fields(self):
             if f.name in names:
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -147,8 +157,10 @@ class ExperimentConfig:
         unknown = sorted(set(self.baselines) - set(BASELINE_KINDS))
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; known: {BASELINE_KINDS}")
-        for task in [*self.transfer_tasks, *self.transfer_sources]:
+        for task in self.transfer_tasks:
             get_task(task)
+        for source in self.transfer_sources:
+            _check_transfer_source(source, self.transfer_sparsity)
         check_sparsity(self.transfer_sparsity, "transfer_sparsity")
         if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
                                             or 0 < self.rewind < 1):
@@ -163,6 +175,9 @@ class ExperimentConfig:
             if value is not None and (isinstance(value, bool) or value <= 0):
                 raise ValueError(f"{key} must be a positive number of examples or null (all), got {value!r}; "
                                  f"e.g. {key}: 2000")
+        if self.mlm_head_warmup_steps < 0 or self.mlm_head_warmup_lr <= 0:
+            raise ValueError("mlm_head_warmup_steps must be >= 0 and mlm_head_warmup_lr positive; e.g. "
+                             "mlm_head_warmup_steps: 300, mlm_head_warmup_lr: 1e-3")
         if self.prune_pooler not in (None, True, False):
             raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
         levels = self.levels()
@@ -198,6 +213,34 @@ def unit_name(kind: str, settings: Dict[str, Any]) -> str:
     exactly the settings it depends on, so equal settings share it and different ones never do."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{kind}-{digest}"
+
+
+def _check_transfer_source(source: str, sparsity: float) -> None:
+    """A transfer source names a task, a YAML config of an IMP run, or a ticket file at ``sparsity``."""
+    import os
+
+    from .tasks import get_task, task_names
+    if source.endswith(".safetensors"):
+        if not os.path.isfile(source):
+            raise ValueError(f"transfer source {source!r} names no ticket: no such file")
+        from .ticket import Ticket
+        ticket = Ticket.load(source)  # a TicketError for a file that is not a ticket
+        if abs(ticket.sparsity - sparsity) > 0.005:
+            raise ValueError(f"transfer source {source} is a {ticket.sparsity:.1%} ticket; transfer_sparsity is "
+                             f"{sparsity:.1%}")
+    elif source.endswith((".yaml", ".yml")):
+        if not os.path.isfile(source):
+            raise ValueError(f"transfer source {source!r} names no config: no such file")
+        found = ExperimentConfig(**load_yaml(source))
+        found.validate()
+        if not any(abs(level - sparsity) < 1e-6 for level in found.levels()):
+            raise ValueError(f"transfer source {source}: its IMP run never reaches transfer_sparsity {sparsity:g} "
+                             f"(levels {', '.join(f'{x:g}' for x in found.levels()[1:])})")
+    elif source.lower() not in task_names():
+        raise ValueError(f"transfer source {source!r} names no task, config (.yaml) or ticket file (.safetensors); "
+                         f"known tasks: {', '.join(task_names())}")
+    else:
+        get_task(source)
 
 
 def _kind(tp) -> type:

@@ -42,8 +42,14 @@ def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     tokenized = task.tokenize(data, tokenizer, config)
     set_seed(config.seed)  # the task head's initialisation
-    return task.load_model(config.model), FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator,
-                                                     None if checkpoint_dir is None else str(checkpoint_dir))
+    model = task.load_model(config.model)
+    tuner = FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator,
+                      None if checkpoint_dir is None else str(checkpoint_dir))
+    if task.name == "mlm" and config.mlm_head_warmup_steps:
+        from .mlm import warm_up_head
+        tuner.theta0 = warm_up_head(model, tuner, config, config.output_root)
+        set_seed(config.seed)
+    return model, tuner
 
 
 def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -73,7 +79,8 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
-                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)
+                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round,
+                           ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)
         pruner.compress()
         results = {"run": config.run_name(), "task": config.task, "model": config.model,
                    "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],

@@ -39,6 +39,10 @@ class MLMTask:
             files = _text_files(config.data_dir)
             data = datasets.load_dataset("text", data_files=files)
         data = data.filter(lambda row: bool(row["text"].strip()) and not row["text"].strip().startswith("="))
+        empty = [split for split in ("train", "validation") if len(data[split]) == 0]
+        if empty:
+            raise DataError(f"MLM data{' in ' + config.data_dir if config.data_dir else ''}: the {empty[0]} text "
+                            "has no usable line (blank lines and '= Heading =' lines are skipped)")
         return limit_splits(data, config, self.eval_splits)
 
     def tokenize(self, data, tokenizer, config):
@@ -80,6 +84,55 @@ class MLMTask:
             correct, total, loss_sum = correct + stats[0].item(), total + stats[1].item(), loss_sum + stats[2].item()
         accuracy = correct / max(total, 1)
         return {"default": accuracy, "accuracy": accuracy, "loss": loss_sum / max(total, 1), "masked_tokens": total}
+
+
+def warm_up_head(model, tuner, config, root) -> str:
+    """Train the MLM head of ``model`` with the body frozen for ``config.mlm_head_warmup_steps`` steps, once: the
+    result is cached under ``root`` (a unit named by its settings) and loaded on later calls. Returns a note for
+    tickets' metadata. A checkpoint without an MLM head (a sentence encoder) gets a random one from transformers;
+    an MLM ticket found through a random head is not the paper's MLM ticket, so θ0 becomes body + warmed head."""
+    from pathlib import Path
+
+    from accelerate.utils import set_seed
+    from safetensors.torch import load_file, save_file
+
+    from .config import unit_name
+    from .files import atomic_write
+    from .targets import base_prefix
+
+    steps, prefix = config.mlm_head_warmup_steps, base_prefix(model)
+    settings = {"model": config.model, "data_dir": config.data_dir, "max_train_samples": config.max_train_samples,
+                "max_length": config.max_length, "batch_size": config.batch_size, "steps": steps,
+                "lr": config.mlm_head_warmup_lr, "mlm_probability": config.mlm_probability, "seed": config.seed}
+    name = unit_name("mlm-head", settings)
+    path = Path(root) / name / "head.safetensors"
+    head = {n: p for n, p in model.named_parameters() if not n.startswith(prefix)}  # tied decoder: in the body
+    note = f"θ0 = pre-trained body + MLM head warmed {steps} steps with the body frozen ({name})"
+    if path.exists():
+        saved = load_file(str(path))
+        with torch.no_grad():
+            for n, p in head.items():
+                p.copy_(saved[n])
+        return note
+    _log.info("warming up the MLM head for %d steps with the body frozen (%s)", steps, name)
+    frozen = [p for n, p in model.named_parameters() if n not in head and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    checkpoint_dir, lr = tuner.checkpoint_dir, tuner.config.learning_rate
+    tuner.checkpoint_dir, tuner.config.learning_rate = None, config.mlm_head_warmup_lr
+    try:
+        set_seed(config.seed)
+        optimizer, scheduler = tuner._optimizer_and_scheduler(model, traced=False)
+        tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=steps)
+    finally:
+        tuner.checkpoint_dir, tuner.config.learning_rate = checkpoint_dir, lr
+        for p in frozen:
+            p.requires_grad_(True)
+    if tuner.accelerator.is_main_process:
+        tensors = {n: p.detach().cpu().clone().contiguous() for n, p in head.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    _log.info("MLM head warmed: %s", tuner.evaluate(model))
+    return note
 
 
 class _MLMCollator:

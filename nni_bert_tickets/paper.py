@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
-from .config import ExperimentConfig, unit_name
+from .config import ExperimentConfig, load_yaml, unit_name
 from .experiment import prepare, run_imp
 from .files import atomic_write_text
 from .tasks import get_task
@@ -180,29 +180,31 @@ def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
 
 
 def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """Figure 3: a ``transfer_sparsity`` ticket from each source task, fine-tuned on each target task.
+    """Figure 3: a ``transfer_sparsity`` ticket from each source, fine-tuned on each target task with a fresh head.
 
-    Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources`` (e.g. ``mlm``, whose data
-    comes from ``mlm_data_dir``). With ``rewind`` set to θi (Figure 4) the source tickets are found with
-    rewinding and carry the source task's θi weights into the target. Each source ticket comes from that task's IMP run (the settings of ``config``
-    with the task swapped, so Table 2's runs are reused); the diagonal is a task's own ticket retrained from θ0
-    with a fresh head, and the ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity.
+    Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources``. A source is a task name
+    (its IMP run under this config's settings, task swapped, so Table 2's runs are reused; ``mlm`` reads
+    ``mlm_data_dir``), a YAML config (its own IMP run with its own settings, e.g. SQuAD at its length), or a
+    ticket file. With ``rewind`` set to θi (Figure 4) task sources are found with rewinding and carry their θi
+    weights into the target. The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the
+    ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity. A source counts as at least as good
+    as a target's own ticket where it scores within one standard deviation of the target's full model below it.
     """
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
-    sources = targets + [t for t in config.transfer_sources if t not in targets]
     per_task = {t: dataclasses.replace(config, task=t, data_dir=config.mlm_data_dir if t == "mlm" else config.data_dir)
-                for t in sources}
-    tickets = {}
-    for source in sources:
-        run_imp(per_task[source], accelerator)
-        tickets[source] = imp_ticket(per_task[source], s)
+                for t in targets}
+    tickets, origin = {}, {}
+    for source in targets + [t for t in config.transfer_sources if t not in targets]:
+        label, ticket, run = _transfer_source(config, source, per_task, accelerator)
+        tickets[label], origin[label] = ticket, run
+    sources = list(tickets)
     matrix: Dict[str, Dict[str, float]] = {}
     for source in sources:
         matrix[source] = {}
         for target in targets:
             target_config = per_task[target]
             settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
-                        "source_run": per_task[source].run_name()}
+                        "source_run": origin[source]}
 
             def compute(run_dir, source=source, target_config=target_config):
                 model, tuner = prepare(target_config, accelerator, run_dir / "step-checkpoint")
@@ -213,11 +215,28 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
                                             compute, accelerator)["default"]
     matrix["oneshot"] = {t: baseline(per_task[t], "oneshot", s, accelerator)["default"] for t in targets}
     full = {t: _full_stats(per_task[t], accelerator) for t in targets}
-    wins = {src: sum(matrix[src][t] >= matrix[t][t] for t in targets if t != src) for src in [*sources, "oneshot"]}
+    wins = {src: sum(matrix[src][t] >= matrix[t][t] - full[t]["std"] - 1e-9 for t in targets if t != src)
+            for src in [*sources, "oneshot"]}
     return _save(config, "transfer", {"tasks": targets, "sources": sources, "sparsity": s, "matrix": matrix,
-                                      "rewind": config.rewind,
+                                      "rewind": config.rewind, "source_runs": origin,
                                       "full": full, "at_least_own_ticket": wins,
                                       "metrics": {t: get_task(t).metric for t in targets}})
+
+
+def _transfer_source(config: ExperimentConfig, source: str, per_task: Dict[str, ExperimentConfig],
+                     accelerator) -> tuple:
+    """``(label, ticket, run name)`` of one transfer source: a task, a YAML config or a ticket file."""
+    if source.endswith(".safetensors"):
+        ticket = Ticket.load(source)
+        return Path(source).stem, ticket, f"file:{ticket.fingerprint[:12]}:{ticket.sparsity:.4f}"
+    if source.endswith((".yaml", ".yml")):
+        found = dataclasses.replace(ExperimentConfig(**load_yaml(source)), output_root=config.output_root,
+                                    experiment="imp").validate()
+    else:
+        found = per_task.get(source) or dataclasses.replace(
+            config, task=source, data_dir=config.mlm_data_dir if source == "mlm" else config.data_dir)
+    run_imp(found, accelerator)
+    return found.task, imp_ticket(found, config.transfer_sparsity), found.run_name()
 
 
 def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> Dict[str, Any]:

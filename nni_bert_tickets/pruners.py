@@ -136,13 +136,16 @@ class IMPPruner(_TicketPruner):
         only the final ticket's file carries the rewind weights (in memory every ticket shares them).
     on_round
         Called as ``on_round(record, ticket)`` after each round's evaluation (e.g. to report to NNI).
+    ticket_meta
+        Extra :class:`Ticket` fields for every ticket, e.g. ``{"theta0": "..."}`` when θ0 is not the checkpoint.
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
                  schedule: Literal["linear", "geometric"] = "linear", step: float = 0.1,
                  rewind: int | float | None = 0, head: Literal["keep", "rewind", "reinit"] = "keep",
                  seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
-                 on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None, existed_wrappers=None):
+                 on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None,
+                 ticket_meta: Optional[Dict[str, Any]] = None, existed_wrappers=None):
         if evaluator is None:
             raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
         if head not in ("keep", "rewind", "reinit"):
@@ -159,6 +162,7 @@ class IMPPruner(_TicketPruner):
         self.levels = [0.0] + M.sparsity_schedule(target, schedule, step)
         self.schedule, self.step, self.rewind, self.head = schedule, step, rewind, head
         self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
+        self.ticket_meta = dict(ticket_meta or {})
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
@@ -185,7 +189,7 @@ class IMPPruner(_TicketPruner):
                 base_weights=self._theta0_prunable, task=self.task,
                 algorithm="imp" if self.rewind is not None else "standard", schedule=f"{self.schedule}:{self.step}",
                 round=level, seed=self.seed, rewind=self._rewind_name(), metrics={"metric": metric, **metrics},
-                weights=self._ticket_weights()))
+                weights=self._ticket_weights(), **self.ticket_meta))
             if self.on_round is not None:
                 self.on_round(record, self.tickets[-1])
             if level + 1 < len(self.levels):

@@ -20,7 +20,7 @@ import torch
 
 from .glue import DataError, limit_splits, load_jsonl_splits
 
-__all__ = ["SquadTask", "squad_scores", "normalize_answer"]
+__all__ = ["SquadTask", "squad_scores", "normalize_answer", "resplit_by_article"]
 HUB_DATASET = "rajpurkar/squad"
 _COLUMNS = ("id", "context", "question", "answers")
 
@@ -57,19 +57,28 @@ class SquadTask:
     max_answer_length: int = 30
 
     def load(self, config):
+        """``train`` and ``validation``; with ``config.squad_train_articles = N`` the dev set alone is re-split by
+        article: its first N articles (file order) train and the rest evaluate (no train file is then needed)."""
         import datasets
+        articles = getattr(config, "squad_train_articles", None)
+        splits = ("validation",) if articles is not None else ("train", "validation")
         if config.data_dir is None:
-            data = datasets.load_dataset(HUB_DATASET)
+            hub = datasets.load_dataset(HUB_DATASET)
+            data = datasets.DatasetDict({s: hub[s] for s in splits})
         else:
-            files = {s: os.path.join(config.data_dir, "squad", f"{s}.jsonl") for s in ("train", "validation")}
+            files = {s: os.path.join(config.data_dir, "squad", f"{s}.jsonl") for s in splits}
             missing = [f for f in files.values() if not os.path.isfile(f)]
             if missing:
-                raise DataError(f"SQuAD: cannot read {missing[0]} (expected <data_dir>/squad/<split>.jsonl)")
+                raise DataError(f"SQuAD: cannot read {missing[0]} (expected <data_dir>/squad/<split>.jsonl"
+                                + ("" if articles is not None else "; with only the dev set, set "
+                                   "squad_train_articles to train on part of it") + ")")
             data = load_jsonl_splits(files)
         for split, dataset in data.items():
             absent = [c for c in _COLUMNS if c not in dataset.column_names]
             if absent:
                 raise DataError(f"SQuAD {split}: missing column(s) {absent}; has {dataset.column_names}")
+        if articles is not None:
+            data = resplit_by_article(data["validation"], articles)
         return limit_splits(datasets.DatasetDict({s: data[s] for s in ("train", "validation")}), config,
                             self.eval_splits)
 
@@ -165,6 +174,23 @@ class SquadTask:
                             best, best_text = score, example["context"][offsets[s][0]:offsets[e][1]]
             predictions[example["id"]] = best_text
         return predictions
+
+
+def resplit_by_article(dev, train_articles: int):
+    """The dev set as ``train`` (its first ``train_articles`` articles, in file order) and ``validation`` (the
+    rest): split by article, never by question, so no paragraph is on both sides. Numbers from such a split are
+    a dev re-split, not comparable with results trained on SQuAD's train set."""
+    import datasets
+    if "title" not in dev.column_names:
+        raise DataError(f"squad_train_articles needs a 'title' column to split by article; has {dev.column_names}")
+    titles = list(dict.fromkeys(dev["title"]))
+    if isinstance(train_articles, bool) or not 0 < train_articles < len(titles):
+        raise DataError(f"squad_train_articles={train_articles!r} leaves no article on one side: the dev set has "
+                        f"{len(titles)} articles; e.g. squad_train_articles: {max(1, len(titles) - 10)}")
+    train_titles = set(titles[:train_articles])
+    in_train = [t in train_titles for t in dev["title"]]
+    return datasets.DatasetDict({"train": dev.select([i for i, x in enumerate(in_train) if x]),
+                                 "validation": dev.select([i for i, x in enumerate(in_train) if not x])})
 
 
 def _tensor_collate(rows):

@@ -91,6 +91,7 @@ class Ticket:
     metrics: Dict[str, Any] = field(default_factory=dict)
     weights: Optional[Dict[str, torch.Tensor]] = None
     model_type: str = ""
+    theta0: str = ""                      # what θ0 is, where it is more than the checkpoint (a warmed MLM head)
     encoder_matrices: Optional[int] = None
     matrix_fingerprints: Dict[str, str] = field(default_factory=dict)
     version: str = ""

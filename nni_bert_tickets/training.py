@@ -83,6 +83,7 @@ class FineTuner:
                           for s in task.eval_splits}
         self.extra = {s: d for s, d in data.items() if s.startswith("_")}  # task bookkeeping, never batched
         self.collate = task.collator(tokenizer, config.padding)
+        self.theta0 = ""                      # what θ0 is when not just the checkpoint (a warmed MLM head)
 
     # ---- sizes --------------------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:

@@ -1,7 +1,9 @@
 """The paper's experiments at a tiny budget on the embedded model: reuse of runs, verdicts, the report."""
+import dataclasses
 import json
 
 import pytest
+import yaml
 
 from conftest import SHARED
 from nni_bert_tickets import report
@@ -58,21 +60,32 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     assert [r["rewind"] for r in t3["rows"]] == ["0%", "50%", "standard pruning"]
     assert t3["rows"][0]["metric"] == t2["rows"][-1]["imp"]
 
-    counted.clear()
+    counted.clear()  # a SQuAD source comes from its own config (its own length, the dev set re-split)
+    squad = tmp_path / "squad.yaml"
+    squad.write_text(yaml.safe_dump(dict(task="squad", model=minilm_path, data_dir=str(SHARED / "data"),
+                                         squad_train_articles=38, max_train_samples=24, max_eval_samples=8,
+                                         max_length=96, doc_stride=32, batch_size=8, max_steps=1,
+                                         target_sparsity=0.2, step=0.1)))
+    config = dataclasses.replace(config, transfer_sources=["mlm", str(squad)]).validate()
     tr = transfer(config)
-    # rte and mlm need their IMP runs (3 rounds each), rte its full models (2); 3 sources x 2 targets;
+    # rte, mlm and squad need their IMP runs (3 rounds each), rte its full models (2); 4 sources x 2 targets;
     # 2 one-shot rows; wnli's runs are reused
-    assert len(counted) == 3 + 3 + 2 + 6 + 2
-    assert set(tr["matrix"]) == {"wnli", "rte", "mlm", "oneshot"} and set(tr["matrix"]["mlm"]) == {"wnli", "rte"}
-    assert tr["at_least_own_ticket"]["rte"] == int(tr["matrix"]["rte"]["wnli"] >= tr["matrix"]["wnli"]["wnli"])
+    assert len(counted) == 3 + 3 + 3 + 2 + 8 + 2
+    assert set(tr["matrix"]) == {"wnli", "rte", "mlm", "squad", "oneshot"}
+    assert set(tr["matrix"]["squad"]) == {"wnli", "rte"}
+    own, std = tr["matrix"]["wnli"]["wnli"], tr["full"]["wnli"]["std"]
+    assert tr["at_least_own_ticket"]["rte"] == int(tr["matrix"]["rte"]["wnli"] >= own - std - 1e-9)
 
     counted.clear()
     table2(config), table3(config), transfer(config)
     assert counted == []  # everything is cached
 
-    rewound = _config(tmp_path, minilm_path, glue_dir, rewind=1, transfer_tasks=["wnli"], transfer_sources=[])
+    imp_ticket(config, 0.1).save(tmp_path / "shared-ticket.safetensors")  # a ticket file is a source too
+    rewound = _config(tmp_path, minilm_path, glue_dir, rewind=1, transfer_tasks=["wnli"],
+                      transfer_sources=[str(tmp_path / "shared-ticket.safetensors")])
     fig4 = transfer(rewound)  # Figure 4: tickets found with rewinding carry θ1 of the source into the target
     assert fig4["rewind"] == 1 and imp_ticket(rewound, 0.1).weights is not None
+    assert set(fig4["matrix"]) == {"wnli", "shared-ticket", "oneshot"}
     assert (tmp_path / "tables" / "transfer-matrix-rewind-1.json").exists()
 
     out = report.render(tmp_path, tmp_path / "report")
@@ -83,6 +96,18 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
         assert (tmp_path / "report" / png).stat().st_size > 5000
     saved = json.loads((tmp_path / "tables" / "table2-wnli.json").read_text())
     assert saved["rows"] == t2["rows"]
+
+
+def test_a_transfer_source_that_names_no_ticket_is_refused_before_training(tmp_path, minilm_path, glue_dir):
+    for source, match in (("nothing", "names no task"), (str(tmp_path / "missing.safetensors"), "no such file"),
+                          (str(tmp_path / "missing.yaml"), "no such file")):
+        with pytest.raises(ValueError, match=match):
+            _config(tmp_path, minilm_path, glue_dir, experiment="transfer", transfer_sources=[source])
+    (tmp_path / "not-a-ticket.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable ticket"):
+        _config(tmp_path, minilm_path, glue_dir, experiment="transfer",
+                transfer_sources=[str(tmp_path / "not-a-ticket.safetensors")])
+    assert not (tmp_path / "tables").exists()
 
 
 def test_report_without_results_is_a_clear_error(tmp_path):
