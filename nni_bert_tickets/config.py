@@ -55,7 +55,7 @@ class ExperimentConfig:
     max_length: int = 128
     padding: str = "dynamic"
     group_by_length: bool = True
-    doc_stride: int = 128                       # SQuAD: overlap of the windows over long contexts
+    doc_stride: int = 128                       # SQuAD: context tokens between the starts of two windows
     mlm_probability: float = 0.15               # MLM: fraction of tokens masked
     seed: int = 42
     # which experiment (examples/glue.py): imp | table2 | table3 | transfer
