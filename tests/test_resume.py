@@ -76,3 +76,38 @@ def test_a_corrupt_ticket_file_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"ticket-round01.safetensors is unreadable .* Delete the folder"):
         resumed.compress()
     assert trained == []
+
+
+def test_under_nni_a_round_interrupted_after_its_report_is_not_reported_again(tmp_path, minilm_path, glue_dir,
+                                                                             monkeypatch):
+    """A kill after round 1 was reported but before its state was saved reruns round 1 on resume: the driver
+    (cli.main under NNI) reports rounds 0, 1, 2 once each, and the final result once."""
+    import json
+    import nni
+    from nni_bert_tickets import cli, nni_trial
+    reported, finals = [], []
+    monkeypatch.setattr(nni_trial, "under_nni", lambda: True)
+    monkeypatch.setattr(nni_trial, "with_nni_parameters", lambda config: config)
+    monkeypatch.setattr(nni, "report_intermediate_result", lambda metric: reported.append(metric))
+    monkeypatch.setattr(nni, "report_final_result", lambda metric: finals.append(metric))
+    save, saved = IMPPruner._save, []
+
+    def killed_saving_round_one(self, level):
+        saved.append(level)
+        if level == 1 and saved.count(1) == 1:
+            raise KeyboardInterrupt("simulated kill between the report and the save")
+        return save(self, level)
+    monkeypatch.setattr(IMPPruner, "_save", killed_saving_round_one)
+    argv = ["--task", "wnli", "--model", minilm_path, "--data-dir", glue_dir, "--max-train-samples", "32",
+            "--max-eval-samples", "16", "--max-length", "32", "--batch-size", "16", "--max-steps", "1",
+            "--target-sparsity", "0.2", "--output-root", str(tmp_path), "--log-level", "WARNING"]
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(argv)
+    assert [r["round"] for r in reported] == [0, 1] and finals == []
+    results = cli.main(argv)  # resumed: round 1 is trained again
+    assert saved == [0, 1, 1, 2]
+    assert [r["round"] for r in reported] == [0, 1, 2]  # each round once
+    assert [r["default"] for r in reported] == [r["metric"] for r in results["trajectory"]]
+    assert len(finals) == 1 and finals[0]["default"] == results["trajectory"][-1]["metric"]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((run_dir / nni_trial.REPORTED).read_text()) == [0, 1, 2]
