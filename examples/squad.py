@@ -3,7 +3,8 @@
     accelerate launch examples/squad.py --config examples/configs/paper/squad.yaml
     python examples/squad.py --model ../shared/models/all-MiniLM-L6-v2 --data-dir DIR   # DIR/squad/*.jsonl
 
-The paper's settings: lr 3e-5, batch 16, max length 384, doc stride 128 (see the paper config).
+The paper's settings: lr 3e-5, batch 16, max length 384, doc stride 128 (windows over a long context start
+128 tokens apart; see the paper config), questions cut to 64 tokens.
 """
 from nni_bert_tickets.cli import main
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Optional, Sequence
 
 from accelerate import Accelerator
@@ -24,7 +25,9 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
         config = nni_trial.with_nni_parameters(config)
     accelerator = Accelerator()
     if config.experiment == "imp":
-        report = nni_trial.report_round if trial and accelerator.is_main_process else None
+        # each round reported once, also when a killed run is resumed and reruns its interrupted round
+        run_dir = Path(config.output_root) / config.run_name()
+        report = nni_trial.round_reporter(run_dir) if trial and accelerator.is_main_process else None
         results = run_imp(config, accelerator, on_round=report)
         if trial and accelerator.is_main_process:
             nni_trial.report_final(results)

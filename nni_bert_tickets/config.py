@@ -62,7 +62,7 @@ class ExperimentConfig:
     max_length: int = 128
     padding: str = "dynamic"
     group_by_length: bool = True
-    doc_stride: int = 128                       # SQuAD: overlap of the windows over long contexts
+    doc_stride: int = 128                       # SQuAD: context tokens between the starts of two windows
     mlm_probability: float = 0.15               # MLM: fraction of tokens masked
     mlm_head_warmup_steps: int = 0              # MLM: train a missing MLM head first, body frozen (θ0 = body + it)
     mlm_head_warmup_lr: float = 1e-3

@@ -12,7 +12,7 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass
-from typing import Dict
+from typing import ClassVar, Dict
 
 import torch
 
@@ -27,6 +27,7 @@ HUB_DATASET = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 class MLMTask:
     name: str = "mlm"
     metric: str = "accuracy"             # masked-token accuracy
+    metric_scale: ClassVar[float] = 100.0  # a fraction: × 100 gives points
     eval_splits: tuple = ("validation",)
     mlm_probability: float = 0.15
 

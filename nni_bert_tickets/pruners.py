@@ -320,14 +320,34 @@ class IMPPruner(_TicketPruner):
 
     def _resume(self) -> int:
         path = os.path.join(self.output_dir or "", _STATE)
+
+        def read(file: str, reader: Callable[[], Any]) -> Any:
+            """``reader()``; a truncated or corrupt file is named, with the way to restart the run."""
+            try:
+                return reader()
+            except Exception as err:  # safetensors, JSON and ticket errors differ in type; all mean unreadable
+                raise ValueError(
+                    f"cannot resume the IMP run in {self.output_dir}: {file} is unreadable (truncated or corrupt: "
+                    f"{type(err).__name__}: {err}). Delete the folder {self.output_dir} (the run's imp/ folder) "
+                    "to restart the run from its first round") from err
+
         if not self.output_dir or not os.path.exists(path):
-            if self.output_dir and self.rewind and os.path.exists(os.path.join(self.output_dir, _THETA_I)):
-                self._rewind_state = load_file(os.path.join(self.output_dir, _THETA_I))  # killed in round 0
+            theta_i = os.path.join(self.output_dir or "", _THETA_I)
+            if self.output_dir and self.rewind and os.path.exists(theta_i):  # killed in round 0
+                self._rewind_state = read(theta_i, lambda: load_file(theta_i))
             return 0
-        with safe_open(path, framework="pt") as f:
-            header = f.metadata() or {}
+
+        def metadata() -> Dict[str, str]:
+            with safe_open(path, framework="pt") as f:
+                return f.metadata() or {}
+
+        def trajectory_copy() -> List[Dict[str, Any]]:
+            with open(os.path.join(self.output_dir, "trajectory.json")) as f:
+                return json.load(f)
+        header = read(path, metadata)
         if "settings" in header:
-            saved, now = json.loads(header["settings"]), json.loads(json.dumps(self._settings()))
+            saved = read(path, lambda: json.loads(header["settings"]))
+            now = json.loads(json.dumps(self._settings()))
             # files from before the task, the pruned set and the base weights were recorded lack those keys
             differ = sorted(k for k in now if (k in saved or k in _SETTINGS_0_1) and saved.get(k) != now[k])
             if differ:
@@ -336,16 +356,15 @@ class IMPPruner(_TicketPruner):
                     f"{self.output_dir} holds an IMP run with other settings ({', '.join(differ)} differ"
                     + (f"; it has {shown}" if shown else "") + "): another task, model, pruned set or schedule. "
                     "Use another output_dir, or the same settings to resume it")
-            self.trajectory = json.loads(header["trajectory"])
+            self.trajectory = read(path, lambda: list(json.loads(header["trajectory"])))
         else:  # written by version 0.1.0 before the trajectory moved into the header
             _log.warning("%s is in the older resume format: its settings cannot be checked", path)
-            with open(os.path.join(self.output_dir, "trajectory.json")) as f:
-                self.trajectory = json.load(f)
-        state = load_file(path)
+            self.trajectory = read(os.path.join(self.output_dir, "trajectory.json"), trajectory_copy)
+        state = read(path, lambda: load_file(path))
         self.bound_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
         self._rewind_state = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")} or self._rewind_state
-        self.tickets = [Ticket.load(os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors"))
-                        for r in self.trajectory]
+        files = [os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors") for r in self.trajectory]
+        self.tickets = [read(file, lambda file=file: Ticket.load(file)) for file in files]
         _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
         return len(self.trajectory)
 

@@ -12,18 +12,22 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .tasks import get_task  # noqa: E402
+
 __all__ = ["render", "main"]
 _log = logging.getLogger(__name__)
 LABELS = {"imp": "IMP (m_IMP ⊙ θ0)", "random_pruning": "random pruning", "random_reinit": "random reinit θ0′",
           "shuffled": "shuffled θ0″", "oneshot": "one-shot θ0", "imp_fresh_head": "IMP mask on θ0, fresh head",
           "imp_carried_head": "IMP trajectory, head carried across rounds (reference code)"}
+POINTS = ("Metrics in points: fractions (accuracy, correlations) × 100, SQuAD's exact match and F1 as they are "
+          "(already percentages).")
 
 
 def _rows_keys(result: Dict[str, Any]) -> List[str]:
@@ -32,8 +36,17 @@ def _rows_keys(result: Dict[str, Any]) -> List[str]:
     return ["imp", *carried, *result["baselines"]]
 
 
-def _fmt(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
+def _scale(task: str) -> float:
+    """What turns ``task``'s metric into points (0–100): its task's ``metric_scale``."""
+    return get_task(task).metric_scale
+
+
+def _points(x: Optional[float], task: str) -> float:
+    return float("nan") if x is None else _scale(task) * x
+
+
+def _fmt(x: Optional[float], scale: float) -> str:
+    return "–" if x is None else f"{scale * x:.1f}"
 
 
 def _load(root: Path) -> List[Dict[str, Any]]:
@@ -45,28 +58,30 @@ def _load(root: Path) -> List[Dict[str, Any]]:
 
 def table2_markdown(results: List[Dict[str, Any]]) -> str:
     tasks = [r["task"] for r in results]
+    scales = [_scale(t) for t in tasks]
     out = ["## Table 2: winning tickets and baselines", "",
-           "Metric × 100 at the highest winning sparsity among the levels with baselines (else the lowest "
+           "The metric at the highest winning sparsity among the levels with baselines (else the lowest "
            "such level). A ticket is "
-           "*winning* (matching) when it is within one standard deviation of the full model's mean.", "",
+           "*winning* (matching) when it is within one standard deviation of the full model's mean. "
+           + POINTS, "",
            "| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     out.append("| sparsity | " + " | ".join(f"{100 * _pick(r)['sparsity']:.0f}%" for r in results) + " |")
     out.append("| full model (mean ± std) | " + " | ".join(
-        f"{_fmt(r['full']['mean'])} ± {100 * r['full']['std']:.1f}" for r in results) + " |")
+        f"{_fmt(r['full']['mean'], k)} ± {_fmt(r['full']['std'], k)}" for r, k in zip(results, scales)) + " |")
     for key in _rows_keys(results[0]):
-        out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_fmt(_pick(r).get(key))
-                                                          for r in results) + " |")
+        out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_fmt(_pick(r).get(key), k)
+                                                          for r, k in zip(results, scales)) + " |")
     out.append("| highest winning sparsity | " + " | ".join(
         "none" if r["highest_winning_sparsity"] is None else f"{100 * r['highest_winning_sparsity']:.0f}%"
         for r in results) + " |")
-    for r in results:
+    for r, scale in zip(results, scales):
         keys = _rows_keys(r)
-        out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'])} ± "
-                    f"{100 * r['full']['std']:.1f} over {len(r['full']['runs'])} seeds)", "",
+        out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'], scale)} ± "
+                    f"{_fmt(r['full']['std'], scale)} over {len(r['full']['runs'])} seeds)", "",
                 "| sparsity | " + " | ".join(LABELS.get(k, k) for k in keys) + " | winning |",
                 "|---:|" + "---:|" * (len(keys) + 1)]
         for row in r["rows"]:
-            out.append(f"| {100 * row['sparsity']:.0f}% | " + " | ".join(_fmt(row.get(k)) for k in keys)
+            out.append(f"| {100 * row['sparsity']:.0f}% | " + " | ".join(_fmt(row.get(k), scale) for k in keys)
                        + f" | {'yes' if row['matching'] else 'no'} |")
     return "\n".join(out)
 
@@ -101,13 +116,15 @@ def table2_plot(result: Dict[str, Any], path: Path) -> None:
 
 def table3_markdown(results: List[Dict[str, Any]]) -> str:
     tasks = [r["task"] for r in results]
-    out = ["## Table 3: rewinding", "", "Metric × 100 at the IMP target sparsity, rewinding to θi (i = % of "
-           "training) or not rewinding at all (standard pruning).", "",
+    scales = [_scale(t) for t in tasks]
+    out = ["## Table 3: rewinding", "", "The metric at the IMP target sparsity, rewinding to θi (i = % of "
+           "training) or not rewinding at all (standard pruning). " + POINTS, "",
            "| rewind to | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks),
-           "| full model | " + " | ".join(_fmt(r["full"]["mean"]) for r in results) + " |"]
+           "| full model | " + " | ".join(_fmt(r["full"]["mean"], k) for r, k in zip(results, scales)) + " |"]
     for i, row in enumerate(results[0]["rows"]):
         out.append(f"| {row['rewind']} | " + " | ".join(
-            f"{_fmt(r['rows'][i]['metric'])}{' ✓' if r['rows'][i]['matching'] else ''}" for r in results) + " |")
+            f"{_fmt(r['rows'][i]['metric'], k)}{' ✓' if r['rows'][i]['matching'] else ''}"
+            for r, k in zip(results, scales)) + " |")
     return "\n".join(out)
 
 
@@ -116,10 +133,10 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
     labels = [row["rewind"] for row in results[0]["rows"]]
     width = 0.8 / len(labels)
     for j, label in enumerate(labels):
-        ax.bar([i + j * width for i in range(len(results))], [r["rows"][j]["metric"] for r in results], width,
-               label=label)
+        ax.bar([i + j * width for i in range(len(results))],  # points, so tasks of either scale share an axis
+               [_points(r["rows"][j]["metric"], r["task"]) for r in results], width, label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(results))], [r["task"] for r in results])
-    ax.set(ylabel="metric at target sparsity", title="Rewinding (Table 3)")
+    ax.set(ylabel="metric at target sparsity (points)", title="Rewinding (Table 3)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -128,30 +145,33 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
 
 def transfer_markdown(result: Dict[str, Any]) -> str:
     tasks, m = result["tasks"], result["matrix"]
+    scale = {t: _scale(t) for t in tasks}  # a column is one target task: one metric, one scale
     rewind = result.get("rewind", 0)
     title = "Figure 3" if not rewind else f"Figure 4 (tickets found with rewinding to θi, i = {rewind})"
     out = [f"## {title}: transfer of {100 * result['sparsity']:.0f}% tickets", "",
-           "Rows: source of the ticket; columns: target task; metric × 100. **Bold**: at least as good as the "
-           "target's own ticket (the diagonal).", "", "| source \\ target | " + " | ".join(tasks) +
+           "Rows: source of the ticket; columns: target task (its metric). **Bold**: at least as good as the "
+           "target's own ticket (the diagonal). " + POINTS, "", "| source \\ target | " + " | ".join(tasks) +
            " | ≥ own |", "|---|" + "---:|" * (len(tasks) + 1)]
     for src in [*result.get("sources", tasks), "oneshot"]:
-        cells = [(f"**{_fmt(m[src][t])}**" if src != t and m[src][t] >= m[t][t] else _fmt(m[src][t])) for t in tasks]
+        cells = [(f"**{_fmt(m[src][t], scale[t])}**" if src != t and m[src][t] >= m[t][t]
+                  else _fmt(m[src][t], scale[t])) for t in tasks]
         out.append(f"| {src} | " + " | ".join(cells) + f" | {result['at_least_own_ticket'][src]} |")
-    out.append("| full model | " + " | ".join(_fmt(result["full"][t]["mean"]) for t in tasks) + " | |")
+    out.append("| full model | " + " | ".join(_fmt(result["full"][t]["mean"], scale[t]) for t in tasks) + " | |")
     return "\n".join(out)
 
 
 def transfer_plot(result: Dict[str, Any], path: Path) -> None:
     tasks, m = result["tasks"], result["matrix"]
     rows = [*result.get("sources", tasks), "oneshot"]
-    # relative to the target's own ticket, so tasks with different metrics share one colour scale
-    grid = [[100 * (m[s][t] - m[t][t]) for t in tasks] for s in rows]
+    # points relative to the target's own ticket, so tasks with different metrics share one colour scale
+    scale = {t: _scale(t) for t in tasks}
+    grid = [[scale[t] * (m[s][t] - m[t][t]) for t in tasks] for s in rows]
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(tasks), 1.2 + 0.7 * len(rows)))
     bound = max(1e-6, max(abs(v) for row in grid for v in row))
     image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
     for i, s in enumerate(rows):
         for j, t in enumerate(tasks):
-            ax.text(j, i, f"{100 * m[s][t]:.1f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, _fmt(m[s][t], scale[t]), ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_yticks(range(len(rows)), rows)
     ax.set(xlabel="target task", ylabel="source ticket", title="Transfer (colour: vs target's own ticket)")

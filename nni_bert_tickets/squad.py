@@ -3,8 +3,12 @@ stride 128).
 
 Data: ``rajpurkar/squad`` from the Hub by default, or ``<data_dir>/squad/{train,validation}.jsonl`` with the
 Hub's columns (``id``, ``context``, ``question``, ``answers`` = ``{"text": [...], "answer_start": [...]}``).
-Long contexts become overlapping windows of ``max_length`` tokens (``doc_stride`` apart); predictions take the
-best-scoring span over an example's windows. EM and F1 use SQuAD v1.1's answer normalisation, written here.
+Questions are cut to ``max_query_length`` tokens (64, as the reference's ``run_squad.py``). Long contexts become
+overlapping windows of ``max_length`` tokens: ``doc_stride`` is the distance, in context tokens, between the
+starts of consecutive windows (the original BERT ``run_squad.py`` meaning, which the paper's reference code
+uses: with length 384 and stride 128 a context token is in up to three windows), not the overlap that Hugging
+Face tokenizers call ``stride``. Predictions take the best-scoring span over an example's windows. EM and F1
+use SQuAD v1.1's answer normalisation, written here.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import os
 import re
 import string
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import ClassVar, Dict, List
 
 import numpy as np
 import torch
@@ -52,9 +56,12 @@ def squad_scores(predictions: Dict[str, str], answers: Dict[str, List[str]]) -> 
 class SquadTask:
     name: str = "squad"
     metric: str = "f1"
+    # exact match and F1 are already percentages (F1 88.5): the report shows them as they are
+    metric_scale: ClassVar[float] = 1.0
     eval_splits: tuple = ("validation",)
     n_best: int = 20
     max_answer_length: int = 30
+    max_query_length: int = 64           # questions are cut to this many tokens (the reference's setting)
 
     def load(self, config):
         """``train`` and ``validation``; with ``config.squad_train_articles = N`` the dev set alone is re-split by
@@ -83,17 +90,22 @@ class SquadTask:
                             self.eval_splits)
 
     def tokenize(self, data, tokenizer, config):
-        window = dict(truncation="only_second", max_length=config.max_length, stride=config.doc_stride,
-                      return_overflowing_tokens=True, return_offsets_mapping=True)
+        for name, value in (("doc_stride", config.doc_stride), ("max_query_length", self.max_query_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SQuAD: {name} must be a whole number of tokens >= 1, got {value!r}")
+
+        def windows(batch, **extra):
+            return self.windows(tokenizer, batch["question"], batch["context"], config.max_length,
+                                config.doc_stride, **extra)
 
         def train_features(batch):
-            enc = tokenizer([q.lstrip() for q in batch["question"]], batch["context"], **window)
+            enc = windows(batch)
             starts, ends = [], []
             for i, offsets in enumerate(enc["offset_mapping"]):
-                answer = batch["answers"][enc["overflow_to_sample_mapping"][i]]
+                answer = batch["answers"][enc["sample"][i]]
                 first = answer["answer_start"][0]
                 last = first + len(answer["text"][0])
-                context = [k for k, s in enumerate(enc.sequence_ids(i)) if s == 1]
+                context = [k for k, s in enumerate(enc["sequence_ids"][i]) if s == 1]
                 lo, hi = context[0], context[-1]
                 if offsets[lo][0] > first or offsets[hi][1] < last:  # answer not in this window
                     starts.append(0)
@@ -105,16 +117,16 @@ class SquadTask:
                 ends.append(end)
             enc["start_positions"], enc["end_positions"] = starts, ends
             enc["length"] = [len(x) for x in enc["input_ids"]]
-            enc.pop("offset_mapping")
-            enc.pop("overflow_to_sample_mapping")
+            for key in ("offset_mapping", "sequence_ids", "sample"):
+                enc.pop(key)
             return enc
 
         def eval_features(batch):
-            enc = tokenizer([q.lstrip() for q in batch["question"]], batch["context"], padding="max_length",
-                            **window)
-            enc["example_id"] = [batch["id"][j] for j in enc.pop("overflow_to_sample_mapping")]
-            enc["offset_mapping"] = [[o if s == 1 else None for o, s in zip(offsets, enc.sequence_ids(i))]
+            enc = windows(batch, padding="max_length")
+            enc["example_id"] = [batch["id"][j] for j in enc.pop("sample")]
+            enc["offset_mapping"] = [[o if s == 1 else None for o, s in zip(offsets, enc["sequence_ids"][i])]
                                      for i, offsets in enumerate(enc["offset_mapping"])]
+            enc.pop("sequence_ids")
             enc["feature_index"] = list(range(len(enc["input_ids"])))  # re-numbered below
             return enc
 
@@ -125,6 +137,44 @@ class SquadTask:
         valid = valid.map(lambda _, i: {"feature_index": i}, with_indices=True)
         import datasets  # "_examples": contexts and gold answers for post-processing (FineTuner.extra)
         return datasets.DatasetDict({"train": train, "validation": valid, "_examples": data["validation"]})
+
+    def windows(self, tokenizer, questions: List[str], contexts: List[str], max_length: int, doc_stride: int,
+                **extra) -> Dict[str, list]:
+        """Features of (question, context) pairs: each question cut to ``max_query_length`` tokens, each context
+        split into windows of ``max_length`` tokens in all whose context parts start ``doc_stride`` context
+        tokens apart (or follow each other without overlap when a window holds fewer than ``doc_stride``).
+
+        Returns the tokenizer's columns (with ``offset_mapping``) plus ``sequence_ids`` and ``sample`` (the
+        pair's index), windows in order, pairs in order. Hugging Face's ``stride`` is the overlap, which depends
+        on the question's length, so pairs are tokenised in groups of equal question length.
+        """
+        questions = [q.lstrip() for q in questions]
+        pieces = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+        lengths = []
+        for i, (ids, offsets) in enumerate(zip(pieces["input_ids"], pieces["offset_mapping"])):
+            if len(ids) > self.max_query_length:  # cut after the last token kept
+                questions[i] = questions[i][:offsets[self.max_query_length - 1][1]]
+                ids = tokenizer(questions[i], add_special_tokens=False)["input_ids"]
+            lengths.append(len(ids))
+        special = tokenizer.num_special_tokens_to_add(pair=True)
+        groups: Dict[int, List[int]] = collections.defaultdict(list)
+        for i, n in enumerate(lengths):
+            groups[n].append(i)
+        features = []
+        for n, members in groups.items():
+            room = max_length - n - special  # context tokens per window
+            if room < 1:
+                raise DataError(f"SQuAD: a question of {n} tokens leaves no room for its context in max_length "
+                                f"{max_length}; raise max_length or lower max_query_length ({self.max_query_length})")
+            enc = tokenizer([questions[i] for i in members], [contexts[i] for i in members], truncation="only_second",
+                            max_length=max_length, stride=max(0, room - doc_stride), return_overflowing_tokens=True,
+                            return_offsets_mapping=True, **extra)
+            for f, j in enumerate(enc.pop("overflow_to_sample_mapping")):
+                row = {k: v[f] for k, v in enc.items()}
+                features.append((members[j], f, {**row, "sequence_ids": enc.sequence_ids(f), "sample": members[j]}))
+        features.sort(key=lambda x: x[:2])
+        keys = features[0][2].keys() if features else ("input_ids", "offset_mapping", "sequence_ids", "sample")
+        return {k: [row[k] for _, _, row in features] for k in keys}
 
     def load_model(self, name_or_path: str):
         from transformers import AutoModelForQuestionAnswering

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -73,8 +74,11 @@ def structured_ticket_model(theta0: torch.nn.Module, ticket: StructuredTicket, e
 class StructuredIMP:
     """Find a structured ticket: ``fit(model) -> metrics`` trains and evaluates (e.g. ``FineTuner.fit``).
 
-    ``head_sparsity`` / ``channel_sparsity``: the fractions of all heads / FFN channels to remove in the end;
-    ``step``: the fraction of the original heads and channels removed per round (linear schedule).
+    ``head_sparsity`` / ``channel_sparsity``: the fractions of all heads / FFN channels to remove in the end
+    (rounded to whole heads and channels; every layer keeps ``min_heads`` heads and one channel, so at most
+    ``1 - layers * min_heads / heads`` of the heads can go); ``step``: the fraction of the original heads and
+    channels removed per round (linear schedule, in (0, 1]). The run has ``ceil(max(targets) / step)`` pruning
+    rounds after the dense one. Targets that cannot be reached are refused here, before any training.
     """
 
     def __init__(self, model: torch.nn.Module, fit: Callable[[torch.nn.Module], Dict[str, Any]], example_inputs,
@@ -82,33 +86,45 @@ class StructuredIMP:
                  min_heads: int = 1):
         check_sparsity(head_sparsity, "head_sparsity")
         check_sparsity(channel_sparsity, "channel_sparsity")
-        self.theta0 = copy.deepcopy(model).eval()
-        self.fit, self.example_inputs, self.step, self.min_heads = fit, example_inputs, step, min_heads
-        self.targets = (head_sparsity, channel_sparsity)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+            raise ValueError(f"step must be a fraction in (0, 1] of the heads and channels removed per round, "
+                             f"got {step!r}")
         config = model.config
+        if isinstance(min_heads, bool) or not isinstance(min_heads, int) \
+                or not 1 <= min_heads <= config.num_attention_heads:
+            raise ValueError(f"min_heads must be a whole number of heads per layer in [1, "
+                             f"{config.num_attention_heads}], got {min_heads!r}")
+        self.fit, self.example_inputs, self.step, self.min_heads = fit, example_inputs, float(step), min_heads
+        self.targets = (float(head_sparsity), float(channel_sparsity))
         self.head_size = config.hidden_size // config.num_attention_heads
         layers = _layers(model)
         self.ticket = StructuredTicket(heads=[list(range(config.num_attention_heads)) for _ in layers],
                                        channels=[list(range(l.intermediate.dense.out_features)) for l in layers],
                                        head_size=self.head_size)
         self.totals = (sum(map(len, self.ticket.heads)), sum(map(len, self.ticket.channels)))
+        _check_reachable("head_sparsity", self.targets[0], self.totals[0], len(layers), min_heads, "heads")
+        _check_reachable("channel_sparsity", self.targets[1], self.totals[1], len(layers), 1, "FFN channels")
+        self.rounds = math.ceil(max(self.targets) / self.step - 1e-9)  # pruning rounds after the dense round 0
+        _log.info("structured IMP: %d pruning rounds to %d of %d heads and %d of %d FFN channels removed",
+                  self.rounds, round(self.targets[0] * self.totals[0]), self.totals[0],
+                  round(self.targets[1] * self.totals[1]), self.totals[1])
+        self.theta0 = copy.deepcopy(model).eval()
         self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1])
         self.trajectory: List[Dict[str, Any]] = []
 
     def run(self) -> torch.nn.Module:
-        model, level = structured_ticket_model(self.theta0, self.ticket, self.example_inputs), 0
-        while True:
+        model = structured_ticket_model(self.theta0, self.ticket, self.example_inputs)
+        for level in range(self.rounds + 1):  # a fixed number of rounds: the loop cannot run for ever
             metrics = self.fit(model)
             record = {"round": level, "head_sparsity": self.ticket.head_sparsity,
                       "channel_sparsity": self.ticket.channel_sparsity, "metric": metrics.get("default"),
                       "parameters": sum(p.numel() for p in model.parameters())}
             self.trajectory.append(record)
             _log.info("structured IMP round %d: %s", level, record)
-            if record["head_sparsity"] >= self.targets[0] - 1e-9 and record["channel_sparsity"] >= self.targets[1] - 1e-9:
+            if level == self.rounds:  # both targets reached, to the nearest whole head and channel
                 self.ticket.metrics.update(record)
                 return model
-            level += 1
-            self._prune(model, level)
+            self._prune(model, level + 1)
             prefix = base_prefix(model)
             head = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(prefix)}
             model = structured_ticket_model(self.theta0, self.ticket, self.example_inputs)  # rewind to θ0
@@ -128,10 +144,20 @@ class StructuredIMP:
             inter, down = layer.intermediate.dense.weight, layer.output.dense.weight
             score = (inter.abs().mean(1) + down.abs().mean(0)) / 2
             scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
-        keep_h = self.totals[0] - round(min(self.targets[0], level * self.step) * self.totals[0])
-        keep_c = self.totals[1] - round(min(self.targets[1], level * self.step) * self.totals[1])
+        removed = [t if level >= self.rounds else min(t, level * self.step) for t in self.targets]  # the last: exact
+        keep_h = self.totals[0] - round(removed[0] * self.totals[0])
+        keep_c = self.totals[1] - round(removed[1] * self.totals[1])
         self.ticket.heads = _keep_top(scores_h, keep_h, len(self.ticket.heads), self.min_heads)
         self.ticket.channels = _keep_top(scores_c, keep_c, len(self.ticket.channels), 1)
+
+
+def _check_reachable(name: str, target: float, total: int, layers: int, minimum: int, what: str) -> None:
+    """Refuse a target that keeping ``minimum`` per layer makes unreachable (it would never be passed)."""
+    removable = total - layers * minimum
+    if round(target * total) > removable:
+        raise ValueError(f"{name} {target} cannot be reached: every one of the {layers} layers keeps at least "
+                         f"{minimum} of its {what}, so at most {removable} of the {total} can go "
+                         f"({removable / total:.4f}); ask for at most that")
 
 
 def _keep_top(scores, keep: int, layers: int, minimum: int) -> List[List[int]]:

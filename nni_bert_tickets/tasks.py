@@ -3,7 +3,8 @@
 A task supplies what :func:`~nni_bert_tickets.experiment.prepare` and
 :class:`~nni_bert_tickets.training.FineTuner` need: ``load(config)`` (raw data, checked),
 ``tokenize(data, tokenizer, config)``, ``load_model(name_or_path)``, ``collator(tokenizer, padding)`` and
-``evaluate(tuner, model)``, plus ``name``, ``metric`` and ``eval_splits``.
+``evaluate(tuner, model)``, plus ``name``, ``metric``, ``eval_splits`` and ``metric_scale`` (what turns the
+metric into points: 100 for a fraction such as accuracy, 1 for a percentage such as SQuAD's F1).
 """
 from __future__ import annotations
 

@@ -11,7 +11,9 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, BertFo
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, bert_config_list, global_magnitude_masks,
                               prunable_modules, prunable_weights, random_masks, sparsity_schedule)
+from nni_bert_tickets.baselines import one_shot_magnitude_ticket
 from nni_bert_tickets.masks import count_to_prune, sparsity
+from nni_bert_tickets.targets import ticket_key
 
 
 def test_bert_base_layout_has_73_prunable_matrices_and_no_heads():
@@ -69,6 +71,27 @@ def test_global_magnitude_mask_equals_torch_global_unstructured(minilm_path):
     assert all(bool((b <= a).all()) for a, b in zip(ours.values(), ours2.values()))  # nested
 
 
+@pytest.mark.parametrize("sparsity, one_apart", [(0.2, False), (0.3, True), (0.7, False)])
+def test_one_shot_ticket_is_nni_level_pruner_with_bert_config_list_up_to_rounding(sparsity, one_apart):
+    """NNI's LevelPruner ranks the same global group by |w| but prunes floor(s·N) weights where we (and
+    torch.nn.utils.prune) prune round(s·N): the masks are equal when those agree, else NNI keeps one more."""
+    from nni.compression.pruning import LevelPruner
+    model = tiny_bert()  # 4,352 prunable weights: s·N = 870.4, 1305.6, 3046.4
+    ours = one_shot_magnitude_ticket(model, sparsity).masks
+    total = sum(m.numel() for m in ours.values())
+    pruner = LevelPruner(model, bert_config_list(model, sparsity))
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    theirs = {ticket_key(model, name): m["weight"].bool() for name, m in masks.items()}
+    assert theirs.keys() == ours.keys()
+    assert sum(int((~m).sum()) for m in ours.values()) == count_to_prune(total, sparsity)
+    assert sum(int((~m).sum()) for m in theirs.values()) == int(total * sparsity)
+    assert all(bool((theirs[k] >= ours[k]).all()) for k in ours)  # NNI's pruned weights are ours, nested
+    differ = sum(int((theirs[k] != ours[k]).sum()) for k in ours)
+    assert differ == count_to_prune(total, sparsity) - int(total * sparsity)
+    assert differ == int(one_apart)
+
+
 @pytest.mark.parametrize("kind", ["linear", "geometric"])
 def test_schedules_reach_documented_sparsity_each_round(kind):
     levels = sparsity_schedule(0.5, kind, 0.2)
@@ -84,11 +107,16 @@ def test_schedules_reach_documented_sparsity_each_round(kind):
         assert abs(ticket.sparsity - record["target_sparsity"]) * total <= 1.0  # within one weight
 
 
-def test_applied_ticket_keeps_pruned_weights_exactly_zero_under_adamw_weight_decay():
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.AdamW(p, lr=0.1, weight_decay=0.5),
+    lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.5),
+    lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.5),  # L2 decay: grad + wd * w, w = 0
+], ids=["AdamW", "SGD", "Adam"])
+def test_applied_ticket_keeps_pruned_weights_exactly_zero_under_adamw_sgd_and_adam(make):
     model = tiny_bert()
     ticket = Ticket.from_model(model, global_magnitude_masks(prunable_weights(model), 0.6))
     applied = ticket.apply(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    optimizer = make(model.parameters())
     x = torch.randint(1, 64, (4, 10))
     for _ in range(5):
         model(input_ids=x, labels=torch.tensor([0, 1, 1, 0])).loss.backward()

@@ -62,3 +62,55 @@ def test_structured_imp_rounds_rewind_and_saved_model_loads_with_transformers_al
     loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), trust_remote_code=True).eval()
     assert type(loaded).__name__ == "PrunedBertForSequenceClassification"
     assert torch.allclose(loaded(**_inputs()).logits, small.eval()(**_inputs()).logits, atol=1e-6)
+
+
+def _tiny_inputs():
+    return {"input_ids": torch.randint(1, 64, (2, 8), generator=torch.Generator().manual_seed(0))}
+
+
+def _never_fit(model):
+    raise AssertionError("trained despite a refused setting")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"head_sparsity": 0.75}, r"head_sparsity 0.75 cannot be reached: .* 2 layers keeps at least 1 .* at most 2 of "
+                              r"the 4 can go"),
+    ({"head_sparsity": 0.9, "min_heads": 1}, "head_sparsity 0.9 cannot be reached"),
+    ({"head_sparsity": 0.25, "min_heads": 2}, r"head_sparsity 0.25 cannot be reached: .* at least 2 .* at most 0"),
+    ({"channel_sparsity": 0.99}, r"channel_sparsity 0.99 cannot be reached: .* at most 62 of the 64 can go"),
+    ({"step": 0}, r"step must be a fraction in \(0, 1\]"),
+    ({"step": -0.1}, r"step must be a fraction in \(0, 1\]"),
+    ({"step": 1.5}, r"step must be a fraction in \(0, 1\]"),
+    ({"step": True}, r"step must be a fraction in \(0, 1\]"),
+    ({"min_heads": 0}, r"min_heads must be a whole number of heads per layer in \[1, 2\]"),
+    ({"min_heads": 3}, r"min_heads must be a whole number of heads per layer in \[1, 2\]"),
+    ({"head_sparsity": 1.0}, r"head_sparsity must be a number in \[0, 1\)"),
+])
+def test_unreachable_targets_and_bad_steps_are_refused_before_training(bad, match):
+    from conftest import tiny_bert
+    settings = {"head_sparsity": 0.5, "channel_sparsity": 0.5, "step": 0.25, **bad}
+    with pytest.raises(ValueError, match=match):  # (a tiny model: 2 layers x 2 heads, 2 x 32 channels)
+        StructuredIMP(tiny_bert(), _never_fit, _tiny_inputs(), **settings).run()
+
+
+@pytest.mark.parametrize("head_sparsity, step, rounds, heads_left", [
+    (0.5, 0.25, 2, [1, 1]),    # the most that can go: one head per layer left
+    (0.3, 0.25, 2, None),      # 0.3 of 4 heads rounds to 1 (0.25 < 0.3): once looped for ever
+    (0.5, 1.0, 1, [1, 1]),     # everything in one round
+])
+def test_structured_imp_ends_after_its_rounds_at_the_nearest_whole_count(head_sparsity, step, rounds, heads_left):
+    from conftest import tiny_bert
+    calls = []
+
+    def fit(model):
+        calls.append(sum(p.numel() for p in model.parameters()))
+        assert len(calls) <= rounds + 1, "structured IMP did not stop"
+        return {"default": 0.0}
+    imp = StructuredIMP(tiny_bert(), fit, _tiny_inputs(), head_sparsity=head_sparsity, channel_sparsity=0.25,
+                        step=step)
+    imp.run()
+    assert [r["round"] for r in imp.trajectory] == list(range(rounds + 1))
+    assert imp.ticket.head_sparsity == round(head_sparsity * 4) / 4
+    assert sum(map(len, imp.ticket.channels)) == 64 - 16 and all(len(h) >= 1 for h in imp.ticket.heads)
+    assert heads_left is None or [len(h) for h in imp.ticket.heads] == heads_left
+    assert calls == sorted(calls, reverse=True) and calls[-1] < calls[0]  # smaller every round

@@ -98,3 +98,53 @@ def test_mlm_blocks_and_deterministic_masked_evaluation(minilm_path):
     assert a["attention_mask"].shape == a["input_ids"].shape == (8, 32)
     with pytest.raises(DataError, match="needs train.txt"):
         prepare(ExperimentConfig(task="mlm", model=minilm_path, data_dir=str(SHARED / "data" / "glue")))
+
+
+def _long_squad_example():
+    rows = [json.loads(line) for line in (SHARED / "data" / "squad" / "validation.jsonl").read_text().splitlines()]
+    return max(rows, key=lambda r: len(r["context"]))  # a real dev-set paragraph of ~790 MiniLM tokens
+
+
+@pytest.mark.parametrize("doc_stride", [50, 500])
+def test_squad_windows_start_doc_stride_tokens_apart_and_questions_are_cut_to_64_tokens(doc_stride, minilm_path):
+    import datasets
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    example = _long_squad_example()
+    long_question = " ".join([example["question"]] * 8)
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_list([{**example, "question": long_question}]),
+                                 "validation": datasets.Dataset.from_list([example])})
+    config = ExperimentConfig(task="squad", max_length=128, doc_stride=doc_stride)
+    out = get_task("squad").tokenize(data, tokenizer, config)
+    context = tokenizer(example["context"], add_special_tokens=False)["input_ids"]
+    assert len(context) > 600
+    for split, question in (("train", long_question), ("validation", example["question"])):
+        asked = tokenizer(question, add_special_tokens=False)["input_ids"]
+        kept = asked[:64]
+        assert split == "validation" or len(asked) > 64
+        room = 128 - len(kept) - 3  # [CLS] question [SEP] context [SEP]
+        features = out[split]
+        assert len(features) == 1 + -(-(len(context) - room) // min(doc_stride, room))
+        for k, feature in enumerate(features):
+            ids = [i for i, m in zip(feature["input_ids"], feature["attention_mask"]) if m]
+            types = feature["token_type_ids"][:len(ids)]
+            assert ids[1:1 + types.count(0) - 2] == kept  # the question, cut to 64 tokens
+            start = k * min(doc_stride, room)  # consecutive windows' contexts start doc_stride tokens apart
+            assert ids[types.count(0):-1] == context[start:start + room]
+        assert ids[-2] == context[-1]  # the last window reaches the end of the context
+
+
+def test_squad_bad_window_settings_are_refused_before_tokenising(minilm_path):
+    import datasets
+    from transformers import AutoTokenizer
+    from nni_bert_tickets.squad import SquadTask
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    example = _long_squad_example()
+    data = datasets.DatasetDict({s: datasets.Dataset.from_list([example]) for s in ("train", "validation")})
+    with pytest.raises(ValueError, match="doc_stride must be a whole number of tokens >= 1, got 0"):
+        get_task("squad").tokenize(data, tokenizer, ExperimentConfig(task="squad", doc_stride=0))
+    with pytest.raises(ValueError, match="max_query_length must be"):
+        SquadTask(max_query_length=0).tokenize(data, tokenizer, ExperimentConfig(task="squad"))
+    with pytest.raises(DataError, match="a question of 64 tokens leaves no room for its context in max_length 60"):
+        data["train"] = datasets.Dataset.from_list([{**example, "question": example["question"] * 10}])
+        get_task("squad").tokenize(data, tokenizer, ExperimentConfig(task="squad", max_length=60))

@@ -1,0 +1,76 @@
+"""The report prints every task's metric in points: fractions × 100, SQuAD's percentages as they are."""
+import json
+import re
+
+import pytest
+
+from nni_bert_tickets import report
+from nni_bert_tickets.tasks import get_task, task_names
+
+# SQuAD's F1 / EM are percentages; GLUE's and MLM's metrics are fractions
+SQUAD = {"full": 88.25, "std": 0.5, "imp": 87.75, "random_pruning": 61.25, "table3": 86.5, "to_sst2": 0.8125}
+SST2 = {"full": 0.9125, "std": 0.0025, "imp": 0.9075, "random_pruning": 0.8525, "table3": 0.9025, "to_squad": 71.5}
+
+
+def _table2(task, v):
+    return {"experiment": "table2", "model": "m", "task": task, "metric": "f1" if task == "squad" else "accuracy",
+            "full": {"runs": [v["full"] - v["std"], v["full"] + v["std"]], "mean": v["full"], "std": v["std"]},
+            "rows": [{"sparsity": 0.4, "imp": v["imp"], "matching": True, "random_pruning": v["random_pruning"]}],
+            "baselines": ["random_pruning"], "highest_winning_sparsity": 0.4}
+
+
+def _table3(task, v):
+    return {"experiment": "table3", "model": "m", "task": task, "metric": "?",
+            "full": {"runs": [v["full"]], "mean": v["full"], "std": 0.0},
+            "rows": [{"rewind": "0%", "metric": v["table3"], "matching": False}]}
+
+
+def _transfer():
+    matrix = {"sst2": {"sst2": SST2["imp"], "squad": SST2["to_squad"]},
+              "squad": {"sst2": SQUAD["to_sst2"], "squad": SQUAD["imp"]},
+              "oneshot": {"sst2": SST2["random_pruning"], "squad": SQUAD["random_pruning"]}}
+    return {"experiment": "transfer", "model": "m", "tasks": ["sst2", "squad"], "sources": ["sst2", "squad"],
+            "sparsity": 0.4, "matrix": matrix, "rewind": 0, "at_least_own_ticket": {"sst2": 0, "squad": 0, "oneshot": 0},
+            "full": {"sst2": {"mean": SST2["full"]}, "squad": {"mean": SQUAD["full"]}}}
+
+
+@pytest.fixture
+def root(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for name, result in {"table2-squad": _table2("squad", SQUAD), "table2-sst2": _table2("sst2", SST2),
+                         "table3-squad": _table3("squad", SQUAD), "table3-sst2": _table3("sst2", SST2),
+                         "transfer-matrix": _transfer()}.items():
+        (tables / f"{name}.json").write_text(json.dumps(result))
+    return tmp_path
+
+
+def _row(text, label):
+    (line,) = [l for l in text.splitlines() if l.startswith(f"| {label} |")]
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_every_task_states_its_metric_scale_once():
+    scales = {name: get_task(name).metric_scale for name in task_names()}
+    assert scales["squad"] == 1 and scales["mlm"] == 100
+    assert all(scales[t] == 100 for t in task_names() if t not in ("squad", "mlm"))
+
+
+def test_report_shows_squad_percentages_as_they_are_and_fractions_times_100(root):
+    text = report.render(root, root / "out").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    table2 = next(s for s in sections if s.startswith("Table 2"))
+    # the summary: columns squad, sst2 (results sorted by file name)
+    assert _row(table2, "full model (mean ± std)") == ["88.2 ± 0.5", "91.2 ± 0.2"]
+    assert _row(table2, "IMP (m_IMP ⊙ θ0)") == ["87.8", "90.8"]
+    assert _row(table2, "random pruning") == ["61.2", "85.2"]
+    assert "### squad (f1; full model 88.2 ± 0.5 over 2 seeds)" in table2
+    table3 = next(s for s in sections if s.startswith("Table 3"))
+    assert _row(table3, "full model") == ["88.2", "91.2"] and _row(table3, "0%") == ["86.5", "90.2"]
+    figure3 = next(s for s in sections if s.startswith("Figure 3"))  # columns are target tasks: sst2, squad
+    assert _row(figure3, "sst2")[:2] == ["90.8", "71.5"] and _row(figure3, "squad")[:2] == ["81.2", "87.8"]
+    assert _row(figure3, "oneshot")[:2] == ["85.2", "61.2"] and _row(figure3, "full model")[:2] == ["91.2", "88.2"]
+    numbers = [float(x) for x in re.findall(r"(?<![\w.])\d+\.\d(?!\d)", text)]
+    assert numbers and max(numbers) <= 100  # no F1 of 8,800
+    for png in ("table3.png", "transfer.png", "table2-squad.png"):
+        assert (root / "out" / png).stat().st_size > 5000
