@@ -2,7 +2,7 @@
 
 Our path: tokenise once, pad per batch (dynamic padding), batches of similar length. Reference path: pad every
 example to max_length (128) and draw random batches, as the paper's code does. Both run the same loop
-(:class:`nni_bert_tickets.training.FineTuner`) on the same model and real data; the ratio is what counts.
+(:class:`nni_bert_tickets.training.loop.FineTuner`) on the same model and real data; the ratio is what counts.
 Padding does not change the function computed (attention masks hide the pads): the script checks that the
 logits of the same examples agree between paths, and ``--accuracy`` fine-tunes both ways on one task and
 compares the metric.
@@ -18,8 +18,9 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nni_bert_tickets.glue import get_task, load_glue, tokenize_glue
-from nni_bert_tickets.training import FineTuner, TrainConfig
+from nni_bert_tickets.tasks import get_task
+from nni_bert_tickets.tasks.glue import load_glue, tokenize_glue
+from nni_bert_tickets.training.loop import FineTuner, TrainConfig
 
 TABLE2_TASKS = ["rte", "mrpc", "stsb", "cola", "sst2", "wnli"]
 

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.experiment import prepare
-from nni_bert_tickets.structured import StructuredIMP, save_structured
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.imp_run import prepare
+from nni_bert_tickets.core.structured import StructuredIMP, save_structured
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ trains it on every GLUE target beside the GLUE tasks' own tickets.
 Offline, WikiText-2's valid.txt trains and test.txt evaluates (masked-token accuracy); the Hub default is
 ``Salesforce/wikitext`` (wikitext-2-raw-v1).
 """
-from nni_bert_tickets.cli import main
+from nni_bert_tickets.experiments.cli import main
 
 if __name__ == "__main__":
     main(description=__doc__, default_task="mlm")

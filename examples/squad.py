@@ -6,7 +6,7 @@
 The paper's settings: lr 3e-5, batch 16, max length 384, doc stride 128 (windows over a long context start
 128 tokens apart; see the paper config), questions cut to 64 tokens.
 """
-from nni_bert_tickets.cli import main
+from nni_bert_tickets.experiments.cli import main
 
 if __name__ == "__main__":
     main(description=__doc__, default_task="squad")

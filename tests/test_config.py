@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from nni_bert_tickets.config import ExperimentConfig, parse_args
+from nni_bert_tickets.experiments.config import ExperimentConfig, parse_args
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -11,9 +11,9 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, BertFo
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, bert_config_list, global_magnitude_masks,
                               prunable_modules, prunable_weights, random_masks, sparsity_schedule)
-from nni_bert_tickets.baselines import one_shot_magnitude_ticket
-from nni_bert_tickets.masks import count_to_prune, sparsity
-from nni_bert_tickets.targets import ticket_key
+from nni_bert_tickets.core.baselines import one_shot_magnitude_ticket
+from nni_bert_tickets.core.masks import count_to_prune, sparsity
+from nni_bert_tickets.core.targets import ticket_key
 
 
 def test_bert_base_layout_has_73_prunable_matrices_and_no_heads():

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from nni_bert_tickets.config import load_yaml
+from nni_bert_tickets.experiments.config import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "examples").rglob("*.py")), *sorted((ROOT / "examples").rglob("*.y*ml")),

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.experiment import run_imp
-from nni_bert_tickets.glue import DataError
-from nni_bert_tickets.ticket import Ticket
-from nni_bert_tickets.training import FineTuner
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.imp_run import run_imp
+from nni_bert_tickets.tasks import DataError
+from nni_bert_tickets.core.ticket import Ticket
+from nni_bert_tickets.training.loop import FineTuner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, kept, 
 def test_learning_rate_decays_to_zero_over_the_steps_actually_trained(tmp_path, minilm_path, glue_dir):
     """compress(max_steps=N) trains N steps per round: the linear decay must end at 0 after N, not after the
     configured epochs (here 3 epochs of 3 batches = 9 steps)."""
-    from nni_bert_tickets.experiment import prepare
+    from nni_bert_tickets.experiments.imp_run import prepare
     config = _config(tmp_path, minilm_path, glue_dir, max_steps=None, epochs=3)
     model, tuner = prepare(config)
     assert tuner.num_training_steps() == 9

@@ -14,7 +14,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from nni_bert_tickets.ticket import Ticket
+from nni_bert_tickets.core.ticket import Ticket
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from nni_bert_tickets.config import ExperimentConfig, load_yaml, parse_args
-from nni_bert_tickets.glue import (TASKS, DataError, LengthGroupedBatchSampler, compute_metrics, get_task,
-                                   load_glue, tokenize_glue)
+from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml, parse_args
+from nni_bert_tickets.tasks import DataError, get_task
+from nni_bert_tickets.tasks.data import LengthGroupedBatchSampler
+from nni_bert_tickets.tasks.glue import TASKS, GlueTask, compute_metrics, load_glue, tokenize_glue
 
 LOCAL = ["rte", "mrpc", "stsb", "cola", "sst2", "wnli"]
 
@@ -18,8 +19,9 @@ def test_registry_covers_the_nine_tasks_with_the_papers_metrics():
     assert get_task("cola").metric == "matthews_correlation" and get_task("STS-B").metric == "pearson"
     assert get_task("mnli").eval_splits == ("validation_matched", "validation_mismatched")
     assert get_task("mnli").num_labels == 3 and get_task("stsb").is_regression
-    with pytest.raises(DataError, match="unknown GLUE task 'squad'"):
-        get_task("squad")
+    assert not isinstance(get_task("squad"), GlueTask) and get_task("SST-2") is TASKS["sst2"]  # one registry
+    with pytest.raises(DataError, match="unknown task 'qnli2'"):
+        get_task("qnli2")
 
 
 def test_metrics_against_hand_computed_cases():

@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from conftest import SHARED
-from nni_bert_tickets import report
-from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.paper import imp_ticket, table2, table3, transfer
-from nni_bert_tickets.training import FineTuner
+from nni_bert_tickets.experiments import report
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.tables import imp_ticket, table2, table3, transfer
+from nni_bert_tickets.training.loop import FineTuner
 
 
 @pytest.fixture

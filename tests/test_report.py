@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from nni_bert_tickets import report
+from nni_bert_tickets.experiments import report
 from nni_bert_tickets.tasks import get_task, task_names
 
 # SQuAD's F1 / EM are percentages; GLUE's and MLM's metrics are fractions

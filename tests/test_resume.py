@@ -84,7 +84,7 @@ def test_under_nni_a_round_interrupted_after_its_report_is_not_reported_again(tm
     (cli.main under NNI) reports rounds 0, 1, 2 once each, and the final result once."""
     import json
     import nni
-    from nni_bert_tickets import cli, nni_trial
+    from nni_bert_tickets.experiments import cli, nni_trial
     reported, finals = [], []
     monkeypatch.setattr(nni_trial, "under_nni", lambda: True)
     monkeypatch.setattr(nni_trial, "with_nni_parameters", lambda config: config)

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from conftest import SHARED
-from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.experiment import prepare, run_imp
-from nni_bert_tickets.glue import DataError
-from nni_bert_tickets.targets import base_prefix
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.imp_run import prepare, run_imp
+from nni_bert_tickets.tasks import DataError
+from nni_bert_tickets.core.targets import base_prefix
 from nni_bert_tickets.tasks import get_task
-from nni_bert_tickets.ticket import Ticket
-from nni_bert_tickets.training import FineTuner
+from nni_bert_tickets.core.ticket import Ticket
+from nni_bert_tickets.training.loop import FineTuner
 
 SQUAD = SHARED / "data"
 WIKITEXT = SHARED / "data" / "wikitext2"

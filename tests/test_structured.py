@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from nni_bert_tickets.structured import StructuredIMP, StructuredTicket, save_structured, structured_ticket_model
+from nni_bert_tickets.core.structured import StructuredIMP, StructuredTicket, save_structured, structured_ticket_model
 
 
 @pytest.fixture

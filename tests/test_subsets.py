@@ -11,8 +11,8 @@ from transformers import BertForMaskedLM, BertForQuestionAnswering
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, TicketError, bert_config_list, install_torch_prune,
                               prunable_modules, prunable_weights, random_ticket, reinitialize, shuffle_weights)
-from nni_bert_tickets.masks import count_to_prune
-from nni_bert_tickets.targets import is_pooler, ticket_key
+from nni_bert_tickets.core.masks import count_to_prune
+from nni_bert_tickets.core.targets import is_pooler, ticket_key
 
 
 def _torch_masks(weights, amount, prior=None):

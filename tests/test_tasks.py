@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import SHARED
-from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.experiment import prepare
-from nni_bert_tickets.glue import DataError
-from nni_bert_tickets.squad import normalize_answer, squad_scores
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.imp_run import prepare
+from nni_bert_tickets.tasks import DataError
+from nni_bert_tickets.tasks.squad import normalize_answer, squad_scores
 from nni_bert_tickets.tasks import get_task
 
 
@@ -137,7 +137,7 @@ def test_squad_windows_start_doc_stride_tokens_apart_and_questions_are_cut_to_64
 def test_squad_bad_window_settings_are_refused_before_tokenising(minilm_path):
     import datasets
     from transformers import AutoTokenizer
-    from nni_bert_tickets.squad import SquadTask
+    from nni_bert_tickets.tasks.squad import SquadTask
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     example = _long_squad_example()
     data = datasets.DatasetDict({s: datasets.Dataset.from_list([example]) for s in ("train", "validation")})

@@ -11,7 +11,7 @@ from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import (IMPPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks,
                               install_torch_prune, masks_from_torch_prune, one_shot_magnitude_ticket,
                               prunable_weights, random_ticket, reinitialize, remove_torch_prune, shuffle_weights)
-from nni_bert_tickets.targets import prunable_modules
+from nni_bert_tickets.core.targets import prunable_modules
 
 
 def _ticket(model, sparsity=0.5, **meta):
@@ -59,7 +59,7 @@ def test_truncated_foreign_and_missing_files_are_clear_errors(tmp_path):
 
 
 def test_failed_save_writes_nothing(tmp_path, monkeypatch):
-    import nni_bert_tickets.ticket as ticket_module
+    import nni_bert_tickets.core.ticket as ticket_module
     def boom(*args, **kwargs):
         open(args[1], "wb").write(b"partial")
         raise OSError("disk full")

@@ -18,11 +18,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from .config import ExperimentConfig
-from .tasks import get_task
-from .files import atomic_write_text
-from .pruners import IMPPruner
-from .targets import bert_config_list
-from .training import FineTuner
+from ..tasks import get_task
+from ..core.files import atomic_write_text
+from ..core.pruners import IMPPruner
+from ..core.targets import bert_config_list
+from ..training.loop import FineTuner
 
 __all__ = ["run_imp", "prepare", "format_trajectory"]
 _log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     tuner = FineTuner(task, tokenized, tokenizer, config.train_config(), accelerator,
                       None if checkpoint_dir is None else str(checkpoint_dir))
     if task.name == "mlm" and config.mlm_head_warmup_steps:
-        from .mlm import warm_up_head
+        from ..tasks.mlm import warm_up_head
         tuner.theta0 = warm_up_head(model, tuner, config, config.output_root)
         set_seed(config.seed)
     return model, tuner

@@ -4,7 +4,7 @@ Every unit of work — a full-model fine-tuning, an IMP run, one baseline at one
 run directory named by a hash of exactly the settings it depends on, so a finished unit is never recomputed
 and is shared by every table that needs it: one IMP run gives the tickets at every level, the baselines reuse
 its masks, and the full-model runs serve Table 2, Table 3 and the transfer matrix alike.
-Results land in ``<output_root>/tables/<experiment>-<name>.json``; ``nni_bert_tickets.report`` renders them.
+Results land in ``<output_root>/tables/<experiment>-<name>.json``; ``nni_bert_tickets.experiments.report`` renders them.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from typing import Any, Callable, Dict, Optional
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
+from ..core.baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
 from .config import ExperimentConfig, load_yaml, unit_name
-from .experiment import prepare, run_imp
-from .files import atomic_write_text
-from .tasks import get_task
-from .ticket import Ticket
+from .imp_run import prepare, run_imp
+from ..core.files import atomic_write_text
+from ..tasks import get_task
+from ..core.ticket import Ticket
 
 __all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "EXPERIMENTS"]
 _log = logging.getLogger(__name__)
@@ -75,12 +75,41 @@ def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     raise ValueError(f"the IMP run {run_dir.name} has no level {sparsity}; it passed {levels}")
 
 
+# The Table-2 baselines as small strategies: each makes a model and the ticket to apply on it, from θ0 (the freshly
+# loaded model) and the IMP run of ``config``. They return (ticket, load_weights): whether a θi ticket's rewind
+# weights are copied in (θ0′ and θ0″ keep their own weights).
+def _imp_fresh_head(model, config, sparsity):      # the IMP mask itself, from θ0 with a fresh head
+    return imp_ticket(config, sparsity), True
+
+
+def _random_pruning(model, config, sparsity):      # a random mask at the same sparsity
+    return random_ticket(imp_ticket(config, sparsity), seed=config.seed), True
+
+
+def _random_reinit(model, config, sparsity):       # θ0′: the IMP mask on freshly initialised weights
+    reinitialize(model, seed=config.seed)
+    return imp_ticket(config, sparsity), False
+
+
+def _shuffled(model, config, sparsity):            # θ0″: the IMP mask on shuffled pre-trained weights
+    shuffle_weights(model, seed=config.seed, mode=config.shuffle_mode)
+    return imp_ticket(config, sparsity), False
+
+
+def _oneshot(model, config, sparsity):             # one-shot magnitude pruning of θ0 (no IMP run needed)
+    return one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler), True
+
+
+BASELINES = {"random_pruning": _random_pruning, "random_reinit": _random_reinit, "shuffled": _shuffled,
+             "oneshot": _oneshot, "imp_fresh_head": _imp_fresh_head}
+
+
 def baseline(config: ExperimentConfig, kind: str, sparsity: float,
              accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """One Table-2 baseline at one sparsity, fine-tuned from its starting point with a fresh head.
-
-    ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head: the like-for-like comparison
-    for the other baselines, since the IMP trajectory's own numbers keep the head trained across rounds."""
+    """One Table-2 baseline (a strategy of :data:`BASELINES`) at one sparsity, fine-tuned from its starting point
+    with a fresh head. ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head."""
+    if kind not in BASELINES:
+        raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
     settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
                 "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
                 "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None,
@@ -88,21 +117,8 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
 
     def compute(run_dir):
         model, tuner = prepare(config, accelerator, run_dir / "step-checkpoint")
-        if kind == "oneshot":
-            ticket = one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler)
-            ticket.apply(model)
-        else:
-            ticket = imp_ticket(config, sparsity)
-            if kind == "random_pruning":
-                ticket = random_ticket(ticket, seed=config.seed)
-            elif kind == "random_reinit":
-                reinitialize(model, seed=config.seed)
-            elif kind == "shuffled":
-                shuffle_weights(model, seed=config.seed, mode=config.shuffle_mode)
-            elif kind != "imp_fresh_head":
-                raise ValueError(f"unknown baseline {kind!r}")
-            # θ0′ and θ0″ keep their own weights; the others start where IMP rewinds to (θ0, or a θi ticket's)
-            ticket.apply(model, check_weights=False, load_weights=kind not in ("random_reinit", "shuffled"))
+        ticket, load_weights = BASELINES[kind](model, config, sparsity)
+        ticket.apply(model, check_weights=kind == "oneshot", load_weights=load_weights)
         set_seed(config.seed)
         return {**tuner.fit(model), "sparsity": ticket.sparsity}
     return cached(Path(config.output_root), f"{kind}-{config.task}", settings, compute, accelerator)

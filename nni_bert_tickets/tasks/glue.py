@@ -17,14 +17,11 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-__all__ = ["GlueTask", "TASKS", "get_task", "compute_metrics", "load_glue", "tokenize_glue", "limit_splits",
-           "LengthGroupedBatchSampler", "DataError"]
+from .data import DataError, limit_splits, load_jsonl_splits, padding_collator
+
+__all__ = ["GlueTask", "TASKS", "ALIASES", "compute_metrics", "load_glue", "tokenize_glue"]
 _log = logging.getLogger(__name__)
 HUB_DATASET = "nyu-mll/glue"
-
-
-class DataError(ValueError):
-    """Unknown task, unreadable path, or data without the columns a task needs."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,7 @@ class GlueTask:
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=self.num_labels)
 
     def collator(self, tokenizer, padding: str):
-        from transformers import DataCollatorWithPadding, default_data_collator
-        return DataCollatorWithPadding(tokenizer) if padding == "dynamic" else default_data_collator
+        return padding_collator(tokenizer, padding)
 
     def evaluate(self, tuner, model) -> Dict[str, float]:
         """Metrics on every evaluation split; ``'default'`` is the main metric on the first split."""
@@ -84,19 +80,12 @@ TASKS: Dict[str, GlueTask] = {t.name: t for t in [
     GlueTask("rte", ("sentence1", "sentence2"), 2),
     GlueTask("wnli", ("sentence1", "sentence2"), 2),
 ]}
-_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
-
-
-def get_task(name: str) -> GlueTask:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in TASKS:
-        raise DataError(f"unknown GLUE task {name!r}; known: {', '.join(TASKS)}")
-    return TASKS[key]
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 
 
 def compute_metrics(task: GlueTask | str, predictions: np.ndarray, references: np.ndarray) -> Dict[str, float]:
     """The task's metrics from predictions (class ids, or scores for STS-B) and references."""
-    task = get_task(task) if isinstance(task, str) else task
+    task = _task(task)
     predictions, references = np.asarray(predictions), np.asarray(references)
     if task.is_regression:
         if np.ptp(predictions) == 0 or np.ptp(references) == 0:  # undefined (NaN) for constant input: no signal
@@ -120,7 +109,7 @@ def load_glue(task: GlueTask | str, data_dir: Optional[str] = None, splits: Opti
     """
     import datasets
 
-    task = get_task(task) if isinstance(task, str) else task
+    task = _task(task)
     splits = list(splits or ("train", *task.eval_splits))
     if data_dir is None:
         data = datasets.load_dataset(HUB_DATASET, task.name)
@@ -150,7 +139,7 @@ def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, 
     """
     if padding not in ("dynamic", "max_length"):
         raise ValueError(f"padding must be 'dynamic' or 'max_length', got {padding!r}")
-    task = get_task(task) if isinstance(task, str) else task
+    task = _task(task)
 
     def encode(batch):
         texts = [batch[c] for c in task.text_columns]
@@ -164,61 +153,12 @@ def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, 
     return out.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
 
 
-def load_jsonl_splits(files: Dict[str, str]):
-    """``{split: path}`` of jsonl files as a ``DatasetDict``, one split at a time so a file whose columns differ
-    is reported by name; unreadable or malformed files raise :class:`DataError`."""
-    import datasets
-
-    out = {}
-    for split, path in files.items():
-        if not os.path.isfile(path):
-            raise DataError(f"cannot read {path}")
-        try:
-            out[split] = datasets.load_dataset("json", data_files={split: path})[split]
-        except Exception as err:  # datasets wraps JSON and schema errors in several exception types
-            raise DataError(f"{path} is not valid jsonl: {err}") from err
-    return datasets.DatasetDict(out)
-
-
-def limit_splits(data, config, eval_splits: Sequence[str]):
-    """Keep the first ``max_train_samples`` / ``max_eval_samples`` rows of the splits, when set."""
-    limits = [("train", config.max_train_samples)] + [(s, config.max_eval_samples) for s in eval_splits]
-    for split, limit in limits:
-        if limit is not None and split in data and limit < len(data[split]):
-            data[split] = data[split].select(range(limit))
-    return data
-
-
-class LengthGroupedBatchSampler(torch.utils.data.Sampler[List[int]]):
-    """Shuffled batches of similar-length examples, so dynamic padding wastes little.
-
-    Indices are shuffled, cut into mega-batches of ``mega * batch_size``, each sorted by length and cut into
-    batches; the batch order is shuffled again. With ``seed`` set, pass ``k`` draws its order from
-    ``seed + k`` (:meth:`reseed` picks the pass), so a resumed run can replay the order of an interrupted pass;
-    without it, from ``torch``'s global RNG at each ``__iter__``. Equal lengths give plain random batches.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, mega: int = 50, shuffle: bool = True,
-                 seed: Optional[int] = None):
-        self.lengths, self.batch_size, self.mega, self.shuffle = list(lengths), batch_size, mega, shuffle
-        self.seed, self.pass_index = seed, 0
-
-    def reseed(self, pass_index: int) -> None:
-        """Draw the next ``__iter__``'s order from ``seed + pass_index``."""
-        self.pass_index = pass_index
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-    def __iter__(self) -> Iterator[List[int]]:
-        n = len(self.lengths)
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed + self.pass_index)
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
-        size = self.mega * self.batch_size
-        batches = []
-        for start in range(0, n, size):
-            chunk = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        return iter(batches)
+def _task(task: "GlueTask | str") -> GlueTask:
+    """A GLUE task or its name (through the one registry, :func:`nni_bert_tickets.tasks.get_task`)."""
+    if isinstance(task, GlueTask):
+        return task
+    from . import get_task
+    found = get_task(task)
+    if not isinstance(found, GlueTask):
+        raise DataError(f"{task!r} is not a GLUE task")
+    return found

@@ -10,8 +10,8 @@ from accelerate import Accelerator
 
 from . import nni_trial
 from .config import parse_args
-from .experiment import format_trajectory, run_imp
-from .paper import EXPERIMENTS
+from .imp_run import format_trajectory, run_imp
+from .tables import EXPERIMENTS
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
     else:
         results = EXPERIMENTS[config.experiment](config, accelerator)
         summary = (f"{config.experiment} done: {config.output_root}/tables/ "
-                   f"(render with: python -m nni_bert_tickets.report {config.output_root})\n"
+                   f"(render with: python -m nni_bert_tickets.experiments.report {config.output_root})\n"
                    + json.dumps({k: results[k] for k in ("highest_winning_sparsity", "at_least_own_ticket")
                                  if k in results}))
     if accelerator.is_main_process:

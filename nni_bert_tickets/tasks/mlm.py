@@ -16,7 +16,7 @@ from typing import ClassVar, Dict
 
 import torch
 
-from .glue import DataError, limit_splits
+from .data import DataError, limit_splits
 
 __all__ = ["MLMTask"]
 _log = logging.getLogger(__name__)
@@ -97,9 +97,9 @@ def warm_up_head(model, tuner, config, root) -> str:
     from accelerate.utils import set_seed
     from safetensors.torch import load_file, save_file
 
-    from .config import unit_name
-    from .files import atomic_write
-    from .targets import base_prefix
+    from ..experiments.config import unit_name
+    from ..core.files import atomic_write
+    from ..core.targets import base_prefix
 
     steps, prefix = config.mlm_head_warmup_steps, base_prefix(model)
     settings = {"model": config.model, "data_dir": config.data_dir, "max_train_samples": config.max_train_samples,

@@ -34,7 +34,7 @@ class TicketError(ValueError):
 
 def prunable_weights(model: torch.nn.Module, pooler: Optional[bool] = None) -> Dict[str, torch.Tensor]:
     """The model's prunable weights by ticket key (the live parameters, not copies); ``pooler`` as in
-    :func:`~nni_bert_tickets.targets.prunable_modules`."""
+    :func:`~nni_bert_tickets.core.targets.prunable_modules`."""
     return {ticket_key(model, name): module.weight for name, module in prunable_modules(model, pooler).items()}
 
 
@@ -99,7 +99,7 @@ class Ticket:
     def __post_init__(self) -> None:
         self.masks = {k: v.detach().to("cpu", torch.bool) for k, v in self.masks.items()}
         if not self.version:
-            from . import __version__
+            from .. import __version__
             self.version = __version__
 
     # ---- construction -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def random_ticket(ticket: Ticket, seed: int = 0) -> Ticket:
 def one_shot_magnitude_ticket(model: torch.nn.Module, sparsity: float, pooler: Optional[bool] = None,
                               **meta) -> Ticket:
     """Prune the lowest-magnitude weights of the model's current (pre-trained) weights, globally, once, over the
-    prunable matrices (``pooler`` as in :func:`~nni_bert_tickets.targets.prunable_modules`)."""
+    prunable matrices (``pooler`` as in :func:`~nni_bert_tickets.core.targets.prunable_modules`)."""
     weights = prunable_weights(model, pooler)
     return Ticket.from_model(model, M.global_magnitude_masks(weights, sparsity), algorithm="oneshot", **meta)
 

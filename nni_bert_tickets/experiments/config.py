@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .training import TrainConfig
+from ..training.loop import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
 NOT_HASHED = ("output_root", "log_level", "checkpoint_steps")  # where and how, not what
@@ -131,12 +131,12 @@ class ExperimentConfig:
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
-        from .masks import sparsity_schedule
+        from ..core.masks import sparsity_schedule
         return [0.0] + sparsity_schedule(self.target_sparsity, self.schedule, self.step)
 
     def validate(self) -> "ExperimentConfig":
-        from .tasks import get_task
-        from .targets import check_sparsity
+        from ..tasks import get_task
+        from ..core.targets import check_sparsity
         get_task(self.task)
         check_sparsity(self.target_sparsity, "target_sparsity")
         choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
@@ -154,9 +154,10 @@ class ExperimentConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        unknown = sorted(set(self.baselines) - set(BASELINE_KINDS))
+        from .tables import BASELINES
+        unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; known: {BASELINE_KINDS}")
+            raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
         for task in self.transfer_tasks:
             get_task(task)
         for source in self.transfer_sources:
@@ -205,9 +206,6 @@ class ExperimentConfig:
                              f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
 
 
-BASELINE_KINDS = ("random_pruning", "random_reinit", "shuffled", "oneshot", "imp_fresh_head")
-
-
 def unit_name(kind: str, settings: Dict[str, Any]) -> str:
     """``<kind>-<hash>``: a unit of work (an IMP run, a full-model fine-tuning, a baseline, a transfer) is named by
     exactly the settings it depends on, so equal settings share it and different ones never do."""
@@ -219,11 +217,11 @@ def _check_transfer_source(source: str, sparsity: float) -> None:
     """A transfer source names a task, a YAML config of an IMP run, or a ticket file at ``sparsity``."""
     import os
 
-    from .tasks import get_task, task_names
+    from ..tasks import get_task, task_names
     if source.endswith(".safetensors"):
         if not os.path.isfile(source):
             raise ValueError(f"transfer source {source!r} names no ticket: no such file")
-        from .ticket import Ticket
+        from ..core.ticket import Ticket
         ticket = Ticket.load(source)  # a TicketError for a file that is not a ticket
         if abs(ticket.sparsity - sparsity) > 0.005:
             raise ValueError(f"transfer source {source} is a {ticket.sparsity:.1%} ticket; transfer_sparsity is "

@@ -24,8 +24,8 @@ from nni.compression import TorchEvaluator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .glue import LengthGroupedBatchSampler
-from .files import atomic_write_text
+from ..tasks.data import LengthGroupedBatchSampler
+from ..core.files import atomic_write_text
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)

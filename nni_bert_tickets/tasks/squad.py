@@ -22,7 +22,7 @@ from typing import ClassVar, Dict, List
 import numpy as np
 import torch
 
-from .glue import DataError, limit_splits, load_jsonl_splits
+from .data import DataError, limit_splits, load_jsonl_splits, padding_collator
 
 __all__ = ["SquadTask", "squad_scores", "normalize_answer", "resplit_by_article"]
 HUB_DATASET = "rajpurkar/squad"
@@ -181,8 +181,7 @@ class SquadTask:
         return AutoModelForQuestionAnswering.from_pretrained(name_or_path)
 
     def collator(self, tokenizer, padding: str):
-        from transformers import DataCollatorWithPadding, default_data_collator
-        return DataCollatorWithPadding(tokenizer) if padding == "dynamic" else default_data_collator
+        return padding_collator(tokenizer, padding)
 
     def evaluate(self, tuner, model) -> Dict[str, float]:
         features = tuner.eval_data["validation"]

@@ -1,6 +1,6 @@
 """Running as a trial of an NNI experiment (``nnictl create --config examples/nni/*.yml``).
 
-Under NNI the tuner's parameters (any :class:`~nni_bert_tickets.config.ExperimentConfig` fields) override the
+Under NNI the tuner's parameters (any :class:`~nni_bert_tickets.experiments.config.ExperimentConfig` fields) override the
 config; each IMP round is reported once with ``nni.report_intermediate_result`` (:func:`round_reporter`, also
 when a killed run is resumed) and the ticket at the target sparsity with ``nni.report_final_result``. Outside an
 experiment nothing changes, so the same command runs standalone.
@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional
 import nni
 
 from .config import ExperimentConfig
-from .files import atomic_write_text
+from ..core.files import atomic_write_text
 
 __all__ = ["under_nni", "with_nni_parameters", "report_round", "round_reporter", "report_final", "REPORTED"]
 _log = logging.getLogger(__name__)

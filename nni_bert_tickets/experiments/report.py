@@ -1,8 +1,8 @@
 """Render the paper's tables (markdown) and plots (PNG) from an experiment root.
 
-    python -m nni_bert_tickets.report runs/smoke [--out docs/results/smoke]
+    python -m nni_bert_tickets.experiments.report runs/smoke [--out docs/results/smoke]
 
-Reads ``<root>/tables/*.json`` written by :mod:`nni_bert_tickets.paper` and writes ``report.md`` plus
+Reads ``<root>/tables/*.json`` written by :mod:`nni_bert_tickets.experiments.tables` and writes ``report.md`` plus
 ``table2-<task>.png`` (metric vs sparsity with the baselines and the full model's ±1 std band),
 ``table3.png`` (rewinding bars) and ``transfer.png`` (the transfer heatmap).
 """
@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .tasks import get_task  # noqa: E402
+from ..tasks import get_task  # noqa: E402
 
 __all__ = ["render", "main"]
 _log = logging.getLogger(__name__)
