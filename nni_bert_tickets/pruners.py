@@ -370,4 +370,3 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
 def _is_main_process() -> bool:
     return not torch.distributed.is_available() or not torch.distributed.is_initialized() \
         or torch.distributed.get_rank() == 0
-
