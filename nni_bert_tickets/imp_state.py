@@ -69,7 +69,7 @@ class ResumeState:
         header = {"state": STATE_FORMAT, "body": "rewound" if rewound else "stored", "base_model": self._base_model,
                   "mask_shapes": json.dumps({k: list(m.shape) for k, m in masks.items()})}
         # clone: tied weights share memory, which safetensors refuses
-        return {k: v.detach().clone().cpu().contiguous() for k, v in tensors.items()}, header
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, header
 
     def _plain_buffers(self) -> Dict[str, torch.Tensor]:
         """The model's persistent buffers, less NNI's: its masks (saved packed) and its per-forward copies of the
