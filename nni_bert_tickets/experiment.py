@@ -29,6 +29,7 @@ from .training import FineTuner
 
 __all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished"]
 _log = logging.getLogger(__name__)
+_KEEP = ("all", "tickets", "final")
 
 
 def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -53,6 +54,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             on_round=None) -> Dict[str, Any]:
     """Find tickets with IMP for ``config``; returns (and writes) the metrics per round. ``on_round`` is
     passed to :class:`IMPPruner` (called after each round that runs, not for rounds read back from disk)."""
+    _check_keep(config.keep)  # not after hours of training
     accelerator = accelerator or Accelerator(cpu=None)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
@@ -102,8 +104,7 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
     θi snapshot or step checkpoint left over; ``final`` also deletes every round's ticket but the last one (it
     carries a θi run's rewind weights). ``trajectory.json`` stays. Idempotent: a rerun finishes a tidy-up cut short.
     """
-    if keep not in ("all", "tickets", "final"):
-        raise ValueError(f"keep must be all, tickets or final, got {keep!r}")
+    _check_keep(keep)
     if keep == "all" or not imp_dir.is_dir():
         return []
     doomed = [imp_dir / _STATE, imp_dir / _THETA_I, *sorted(imp_dir.glob("step-checkpoint*"))]
@@ -122,6 +123,11 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
     if deleted:
         _log.info("%s is finished: deleted %s (keep: %s)", imp_dir.parent.name, ", ".join(deleted), keep)
     return deleted
+
+
+def _check_keep(keep: str) -> None:
+    if keep not in _KEEP:
+        raise ValueError(f"keep must be one of {_KEEP} (what a finished run keeps on disk), got {keep!r}")
 
 
 def format_trajectory(results: Dict[str, Any]) -> str:

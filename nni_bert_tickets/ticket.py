@@ -271,8 +271,8 @@ class Ticket:
 
     # ---- files --------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, include_weights: bool = True) -> None:
-        """Write the ticket as one safetensors file, atomically (a temporary file renamed into place).
-        ``include_weights=False`` leaves out a θi ticket's rewind weights (masks and metadata only)."""
+        """Write the ticket as one safetensors file (format /2: masks packed 8 per byte), atomically (a temporary
+        file renamed into place). ``include_weights=False`` leaves out a θi ticket's rewind weights."""
         tensors = {f"mask/{k}": M.pack_bits(m) for k, m in self.masks.items()}
         for k, w in ((self.weights or {}) if include_weights else {}).items():
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()

@@ -1,5 +1,6 @@
 """Small files: packed ticket masks (0.1.0 files still load), an IMP resume state without a copy of θ0 (the base
 model's fingerprint checked instead), and what a finished run keeps on disk."""
+import dataclasses
 import json
 import math
 import struct
@@ -13,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import IMPPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks, prunable_weights
 from nni_bert_tickets.config import ExperimentConfig
-from nni_bert_tickets.experiment import tidy_finished
+from nni_bert_tickets.experiment import run_imp, tidy_finished
 from nni_bert_tickets.paper import imp_ticket
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -232,3 +233,5 @@ def test_tidy_keeps_what_it_says_and_a_missing_intermediate_ticket_is_a_clear_er
         imp_ticket(config, 0.2)
     with pytest.raises(ValueError, match="keep must be"):
         tidy_finished(imp_dir, "some", pruner.trajectory)
+    with pytest.raises(ValueError, match="keep must be"):  # an unvalidated config: refused before any work
+        run_imp(dataclasses.replace(config, keep="fianl", model=str(tmp_path / "absent")))
