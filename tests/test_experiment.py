@@ -1,4 +1,5 @@
 """The GLUE experiment end to end on the embedded model and real data: run dirs, rerun, kill-and-resume."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,8 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
     straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir))
     assert [round(r["target_sparsity"], 6) for r in straight["trajectory"]] == [0.0, 0.1, 0.2]
 
-    config = _config(tmp_path / "b", minilm_path, glue_dir)
+    config = _config(tmp_path / "b", minilm_path, glue_dir, keep="tickets")  # not part of the run's name
+    assert config.run_name() == _config(tmp_path, minilm_path, glue_dir).run_name()
     original, calls = FineTuner.train, []
 
     def killed_in_round_two(self, *args, **kwargs):
@@ -42,6 +44,7 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
         run_imp(config)
     run_dir = tmp_path / "b" / config.run_name()
     assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / "imp" / "imp_state.safetensors").exists()  # an unfinished run keeps its resume state
     monkeypatch.setattr(FineTuner, "train", original)
     resumed = run_imp(config)
 
@@ -51,11 +54,19 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
         b = Ticket.load(run_dir / "imp" / f"ticket-round{level:02d}.safetensors")
         assert a.masks.keys() == b.masks.keys() and all((a.masks[k] == b.masks[k]).all() for k in a.masks)
     assert (run_dir / "config.yaml").exists() and (run_dir / "log.txt").exists()
+    tickets = [f"ticket-round{level:02d}.safetensors" for level in range(3)]
+    assert sorted(os.listdir(run_dir / "imp")) == tickets + ["trajectory.json"]  # keep: tickets
+    assert (tmp_path / "a" / config.run_name() / "imp" / "imp_state.safetensors").exists()  # keep: all
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("a finished run trained again")
     monkeypatch.setattr(FineTuner, "train", must_not_train)
     assert run_imp(config)["trajectory"] == resumed["trajectory"]
+    assert sorted(os.listdir(run_dir / "imp")) == tickets + ["trajectory.json"]
+    final = dataclasses.replace(config, keep="final")  # a finished run kept smaller later: no training either
+    for _ in range(2):
+        assert run_imp(final)["trajectory"] == resumed["trajectory"]
+        assert sorted(os.listdir(run_dir / "imp")) == [tickets[-1], "trajectory.json"]
 
 
 def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeypatch):
@@ -65,9 +76,13 @@ def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeyp
     with pytest.raises(FileNotFoundError, match="not a folder"):
         run_imp(_config(tmp_path, str(tmp_path / "no-model"), glue_dir))
     assert list(tmp_path.iterdir()) == []  # no run directory is left behind
-    for bad in ({"step": 1.5}, {"batch_size": 0}, {"epochs": -1}):
+    for bad in ({"step": 1.5}, {"batch_size": 0}, {"epochs": -1}, {"keep": "some"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             _config(tmp_path, minilm_path, glue_dir, **bad)
+    for experiment in ("table2", "transfer"):  # they read the tickets below the target
+        with pytest.raises(ValueError, match="keep: tickets"):
+            _config(tmp_path, minilm_path, glue_dir, keep="final", experiment=experiment, transfer_sparsity=0.2)
+    _config(tmp_path, minilm_path, glue_dir, keep="final", experiment="table3")  # reads trajectories only
 
 
 def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
@@ -106,7 +121,7 @@ def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, kept, 
             return loss
         return staticmethod(step)
     monkeypatch.setattr(FineTuner, "training_step", recording("a"))
-    straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, max_steps=4, rewind=rewind))
+    straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, max_steps=4, rewind=rewind, keep="final"))
     config = _config(tmp_path / "b", minilm_path, glue_dir, max_steps=4, rewind=rewind, checkpoint_steps=2)
     assert config.run_name() == _config(tmp_path, minilm_path, glue_dir, max_steps=4, rewind=rewind).run_name()
     imp_dir = tmp_path / "b" / config.run_name() / "imp"
@@ -124,6 +139,9 @@ def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, kept, 
     assert len(losses["b"]) == len(losses["a"]) == 3 * 4  # resumed at the checkpoint: no step trained twice
     assert losses["b"] == losses["a"]  # every step's loss, bit for bit
     assert not any(p.name.startswith("step-checkpoint") for p in imp_dir.iterdir())  # removed after the round
+    assert (imp_dir / "imp_state.safetensors").exists()  # keep: all
+    left = sorted(os.listdir(tmp_path / "a" / config.run_name() / "imp"))
+    assert left == ["ticket-round02.safetensors", "trajectory.json"]  # keep: final (the straight run)
     assert [r["metrics"] for r in resumed["trajectory"]] == [r["metrics"] for r in straight["trajectory"]]
     a = Ticket.load(tmp_path / "a" / config.run_name() / "imp" / "ticket-round02.safetensors")
     b = Ticket.load(imp_dir / "ticket-round02.safetensors")

@@ -5,8 +5,10 @@ random) and the sparsity *schedules* of IMP. Nothing here touches a model; see :
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional
+import math
+from typing import Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .targets import check_sparsity
@@ -14,7 +16,7 @@ from .targets import check_sparsity
 Masks = Dict[str, torch.Tensor]
 
 __all__ = ["Masks", "global_magnitude_masks", "random_masks", "sparsity", "layer_sparsity",
-           "sparsity_schedule", "count_to_prune", "check_same_keys"]
+           "sparsity_schedule", "count_to_prune", "check_same_keys", "pack_bits", "unpack_bits"]
 
 
 def count_to_prune(total: int, sparsity: float) -> int:
@@ -110,3 +112,24 @@ def check_same_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
     for name in a:
         if tuple(a[name].shape) != tuple(b[name].shape):
             raise ValueError(f"mask for {name} has shape {tuple(b[name].shape)}, weight {tuple(a[name].shape)}")
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask as a flat uint8 tensor, 8 entries per byte (row-major, first entry in the lowest bit)."""
+    flat = mask.detach().to("cpu", torch.bool).contiguous().reshape(-1).numpy()
+    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The bool mask of ``shape`` that :func:`pack_bits` packed; a ``ValueError`` naming both lengths if
+    ``packed`` is not a flat uint8 tensor of exactly ``ceil(numel / 8)`` bytes (cut short, or another mask's)."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"a mask shape cannot be negative: {shape}")
+    numel = math.prod(shape)
+    need = math.ceil(numel / 8)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != need:
+        raise ValueError(f"holds {packed.numel()} {str(packed.dtype).replace('torch.', '')} entries of shape "
+                         f"{tuple(packed.shape)}; a packed mask of shape {shape} is {need} uint8 bytes")
+    bits = np.unpackbits(packed.contiguous().numpy(), count=numel, bitorder="little")
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)

@@ -25,12 +25,13 @@ from safetensors.torch import load_file, save_file
 from . import masks as M
 from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
 from .files import atomic_write, atomic_write_text
-from .ticket import Ticket, fingerprint, prunable_weights
+from .imp_state import ResumeState, _unwrapped
+from .ticket import Ticket, _model_name, fingerprint, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
 _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
-_STATE = "imp_state.safetensors"  # the model, the rewind point and the trajectory after the last round
+_STATE = "imp_state.safetensors"  # the model, masks, rewind point and trajectory after the last round (imp_state.py)
 _THETA_I = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
 _SETTINGS_0_1 = ("levels", "schedule", "step", "rewind", "head", "seed")  # what version 0.1.0 recorded
 
@@ -107,7 +108,7 @@ class RandomPruner(_TicketPruner):
         return super().compress(None, None)
 
 
-class IMPPruner(_TicketPruner):
+class IMPPruner(_TicketPruner, ResumeState):
     """Iterative magnitude pruning with rewinding: the paper's way to find a lottery ticket.
 
     Each round trains the current subnetwork through ``evaluator`` (a fresh optimizer and LR scheduler are
@@ -133,7 +134,9 @@ class IMPPruner(_TicketPruner):
     output_dir
         If given, every round's ticket, ``trajectory.json`` and a resume state are written there, and a
         later ``compress()`` with the same arguments resumes after the last completed round. With θi rewinding
-        only the final ticket's file carries the rewind weights (in memory every ticket shares them).
+        only the final ticket's file carries the rewind weights (in memory every ticket shares them). With θ0
+        rewinding the resume state does not store θ0: a resumed pruner takes it from the model it is given,
+        which must hold the same base weights (a fingerprint of every body parameter is checked).
     on_round
         Called as ``on_round(record, ticket)`` after each round's evaluation (e.g. to report to NNI).
     ticket_meta
@@ -170,6 +173,7 @@ class IMPPruner(_TicketPruner):
         self._covered = sorted(ticket_key(self.bound_model, name) for name in self._target_spaces)
         self._base = fingerprint(self._theta0_prunable, {k: torch.ones_like(w, dtype=torch.bool)
                                                          for k, w in self._theta0_prunable.items()})
+        self._body, self._base_model = self._body_fingerprint(), _model_name(self.bound_model)
         self._rewind_state = self._state() if rewind == 0 else None
 
     # ---- the level loop ------------------------------------------------------------------------------------
@@ -244,17 +248,10 @@ class IMPPruner(_TicketPruner):
         if self.rewind is None:
             return
         head = self._head_names()
-        live = dict(self.bound_model.named_parameters())
-        with torch.no_grad():
-            for name, value in self._rewind_state.items():
-                if name not in head or self.head == "rewind":
-                    live[name].copy_(value)
-            if self.head == "reinit":
+        self._rewind_params([name for name in self._rewind_state if name not in head or self.head == "rewind"])
+        if self.head == "reinit":
+            with torch.no_grad():
                 self._reinit_head(level)
-            for spaces in self._target_spaces.values():  # survivors only: pruned weights stay exactly 0
-                for space in spaces.values():
-                    if space.mask is not None:
-                        space.target.masked_fill_(~space.mask.bool(), 0.0)
 
     def _reinit_head(self, level: int) -> None:
         from .baselines import _init_std, init_module_
@@ -265,10 +262,6 @@ class IMPPruner(_TicketPruner):
             if name and prefix and not name.startswith(prefix) and name != prefix.rstrip(".") \
                     and not any(id(p) in body for p in module.parameters(recurse=False)):  # e.g. a tied decoder
                 init_module_(module, _init_std(self.bound_model))
-
-    def _head_names(self) -> set:
-        prefix = base_prefix(self.bound_model)
-        return {n for n, _ in self.bound_model.named_parameters() if prefix and not n.startswith(prefix)}
 
     def _state(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.bound_model.named_parameters()}
@@ -297,14 +290,11 @@ class IMPPruner(_TicketPruner):
         # a θi ticket's rewind weights are the whole body: only the final ticket's file carries them
         self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"),
                               include_weights=level == len(self.levels) - 1)
-        state = {f"model/{k}": v for k, v in self.bound_model.state_dict().items()}
-        state.update({f"rewind/{k}": v for k, v in (self._rewind_state or {}).items()})
+        state, header = self._state_tensors(final=level == len(self.levels) - 1)
         # the trajectory rides in the state file's header: one atomic write holds both, so a kill cannot leave
         # a state of one round beside the trajectory of another
-        header = {"trajectory": json.dumps(self.trajectory, default=str), "settings": json.dumps(self._settings())}
-        # clone: tied weights (an MLM decoder and the embeddings) share memory, which safetensors refuses
-        atomic_write(os.path.join(self.output_dir, _STATE), lambda tmp: save_file(
-            {k: v.detach().clone().contiguous() for k, v in state.items()}, tmp, metadata=header))
+        header.update(trajectory=json.dumps(self.trajectory, default=str), settings=json.dumps(self._settings()))
+        atomic_write(os.path.join(self.output_dir, _STATE), lambda tmp: save_file(state, tmp, metadata=header))
         atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),  # a readable copy
                           json.dumps(self.trajectory, indent=1, default=str))
         try:  # the state file holds θi from now on
@@ -316,7 +306,7 @@ class IMPPruner(_TicketPruner):
         """What makes the rounds what they are; a resume under other settings is refused."""
         return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
                 "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
-                "base_weights": self._base}
+                "base_weights": self._base, "base_body": self._body}
 
     def _resume(self) -> int:
         path = os.path.join(self.output_dir or "", _STATE)
@@ -350,6 +340,8 @@ class IMPPruner(_TicketPruner):
             now = json.loads(json.dumps(self._settings()))
             # files from before the task, the pruned set and the base weights were recorded lack those keys
             differ = sorted(k for k in now if (k in saved or k in _SETTINGS_0_1) and saved.get(k) != now[k])
+            if set(differ) & {"base_weights", "base_body"}:
+                raise ValueError(self._changed_base(differ, header))
             if differ:
                 shown = {k: saved.get(k) for k in differ if k not in ("pruned", "base_weights")}
                 raise ValueError(
@@ -361,8 +353,7 @@ class IMPPruner(_TicketPruner):
             _log.warning("%s is in the older resume format: its settings cannot be checked", path)
             self.trajectory = read(os.path.join(self.output_dir, "trajectory.json"), trajectory_copy)
         state = read(path, lambda: load_file(path))
-        self.bound_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model/")})
-        self._rewind_state = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")} or self._rewind_state
+        self._restore_state(state, header)
         files = [os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors") for r in self.trajectory]
         self.tickets = [read(file, lambda file=file: Ticket.load(file)) for file in files]
         _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
@@ -402,7 +393,3 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
 def _is_main_process() -> bool:
     return not torch.distributed.is_available() or not torch.distributed.is_initialized() \
         or torch.distributed.get_rank() == 0
-
-
-def _unwrapped(name: str) -> str:
-    return name.replace("._nni_wrapper", "")

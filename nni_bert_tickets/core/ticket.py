@@ -2,7 +2,9 @@
 
 A :class:`Ticket` stores one bool mask per prunable matrix (True = kept), keyed relative to the model body
 (``encoder.layer.0.attention.self.query.weight``), so a mask found under one task head applies under another.
-It is saved with safetensors (no pickle); metadata is one JSON string in the safetensors header.
+It is saved with safetensors (no pickle); metadata is one JSON string in the safetensors header. Format /2
+packs each mask 8 entries per byte (uint8, shapes in the header); format /1 (version 0.1.0: one bool byte per
+entry) still loads.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
 
 __all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint", "matrix_fingerprints"]
 
-_FORMAT = "nni_bert_tickets.ticket/1"
+_FORMAT = "nni_bert_tickets.ticket/2"  # masks packed 8 per byte, their shapes in the header
+_FORMAT_0_1 = "nni_bert_tickets.ticket/1"  # version 0.1.0: one bool byte per mask entry
 _log = logging.getLogger(__name__)
 
 
@@ -269,12 +272,13 @@ class Ticket:
 
     # ---- files --------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, include_weights: bool = True) -> None:
-        """Write the ticket as one safetensors file, atomically (a temporary file renamed into place).
-        ``include_weights=False`` leaves out a θi ticket's rewind weights (masks and metadata only)."""
-        tensors = {f"mask/{k}": m.contiguous() for k, m in self.masks.items()}
+        """Write the ticket as one safetensors file (format /2: masks packed 8 per byte), atomically (a temporary
+        file renamed into place). ``include_weights=False`` leaves out a θi ticket's rewind weights."""
+        tensors = {f"mask/{k}": M.pack_bits(m) for k, m in self.masks.items()}
         for k, w in ((self.weights or {}) if include_weights else {}).items():
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()
-        header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str)}
+        header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str),
+                  "mask_shapes": json.dumps({k: list(m.shape) for k, m in self.masks.items()}, sort_keys=True)}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     @classmethod
@@ -286,17 +290,24 @@ class Ticket:
         try:
             with safe_open(path, framework="pt") as f:
                 header = f.metadata() or {}
-                if header.get("format") != _FORMAT:
+                kind = header.get("format")
+                if isinstance(kind, str) and kind.startswith(_FORMAT[:-1]) and kind not in (_FORMAT, _FORMAT_0_1):
+                    raise TicketError(f"{path} is a ticket in format {kind!r}, written by a newer nni_bert_tickets; "
+                                      f"this one reads {_FORMAT_0_1!r} and {_FORMAT!r}")
+                if kind not in (_FORMAT, _FORMAT_0_1):
                     raise TicketError(f"{path} is a safetensors file but not an nni_bert_tickets ticket "
-                                      f"(format {header.get('format')!r})")
+                                      f"(format {kind!r})")
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = json.loads(header["meta"])
-            if not isinstance(meta, dict):
+            shapes = json.loads(header["mask_shapes"]) if kind == _FORMAT else None
+            if not isinstance(meta, dict) or not isinstance(shapes, (dict, type(None))):
                 raise TicketError(f"{path}: the ticket metadata is not a JSON object")
         except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as err:
             raise TicketError(f"{path} is not a readable ticket file (truncated or corrupt?): {err}") from err
         masks = {k[len("mask/"):]: t for k, t in tensors.items() if k.startswith("mask/")}
         weights = {k[len("weight/"):]: t for k, t in tensors.items() if k.startswith("weight/")} or None
+        if shapes is not None:
+            masks = _unpack(path, masks, shapes)
         if not masks or any(t.dtype != torch.bool for t in masks.values()):
             raise TicketError(f"{path} holds no bool masks; not a ticket file")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -345,6 +356,20 @@ class _GradMask:
         if mask is None:
             mask = self.masks[grad.device] = next(iter(self.masks.values())).to(grad.device)
         return grad * mask
+
+
+def _unpack(path: str, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """Format /2's packed masks as bool tensors; every mask must have its recorded shape and exactly its bytes."""
+    if set(packed) != set(shapes):
+        odd = sorted(set(packed) ^ set(shapes))
+        raise TicketError(f"{path}: the masks and the shapes recorded for them differ ({odd[:3]}); not a whole ticket")
+    masks = {}
+    for key, tensor in packed.items():
+        try:
+            masks[key] = M.unpack_bits(tensor, shapes[key])
+        except (TypeError, ValueError) as err:
+            raise TicketError(f"{path}: the packed mask {key} {err}: the file is cut short or corrupt") from err
+    return masks
 
 
 def _model_type(model: torch.nn.Module) -> str:

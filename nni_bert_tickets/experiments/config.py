@@ -19,7 +19,7 @@ import yaml
 from ..training.loop import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
-NOT_HASHED = ("output_root", "log_level", "checkpoint_steps")  # where and how, not what
+NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
@@ -83,6 +83,7 @@ class ExperimentConfig:
     # bookkeeping
     output_root: str = "runs"
     checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
+    keep: str = "all"                           # what a finished IMP run keeps: all | tickets (no resume state) | final
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -141,7 +142,7 @@ class ExperimentConfig:
         check_sparsity(self.target_sparsity, "target_sparsity")
         choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
                    "padding": ("dynamic", "max_length"), "shuffle_mode": ("layers", "within"),
-                   "experiment": ("imp", "table2", "table3", "transfer")}
+                   "experiment": ("imp", "table2", "table3", "transfer"), "keep": ("all", "tickets", "final")}
         if not 0 < self.step < 1:
             raise ValueError(f"step must be in (0, 1), got {self.step!r}")
         for key in ("batch_size", "epochs", "learning_rate", "max_length", "eval_batch_size", "seeds"):
@@ -179,6 +180,10 @@ class ExperimentConfig:
         if self.mlm_head_warmup_steps < 0 or self.mlm_head_warmup_lr <= 0:
             raise ValueError("mlm_head_warmup_steps must be >= 0 and mlm_head_warmup_lr positive; e.g. "
                              "mlm_head_warmup_steps: 300, mlm_head_warmup_lr: 1e-3")
+        if self.keep == "final" and self.experiment in ("table2", "transfer"):
+            raise ValueError(f"keep: final deletes the tickets below the target sparsity, which the {self.experiment} "
+                             "experiment reads (baselines, retraining, transfer); use keep: tickets, which deletes "
+                             "only the resume state")
         if self.prune_pooler not in (None, True, False):
             raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
         levels = self.levels()

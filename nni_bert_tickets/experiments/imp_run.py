@@ -2,6 +2,8 @@
 
 A run directory ``<output_root>/<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
 ``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
+Once it is finished, ``keep`` bounds what stays in ``imp/``: ``all``; ``tickets`` (every round's ticket and the
+trajectory: what Table 2, Table 3 and the transfer matrix read); ``final`` (the final ticket and the trajectory).
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import json
 import logging
 import logging.handlers
 import os
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from accelerate import Accelerator
@@ -20,12 +23,14 @@ from accelerate.utils import set_seed
 from .config import ExperimentConfig
 from ..tasks import get_task
 from ..core.files import atomic_write_text
-from ..core.pruners import IMPPruner
+from ..core.pruners import _STATE, _THETA_I, IMPPruner
 from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
-__all__ = ["run_imp", "prepare", "format_trajectory"]
+
+__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished"]
 _log = logging.getLogger(__name__)
+_KEEP = ("all", "tickets", "final")
 
 
 def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -56,12 +61,16 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             on_round=None) -> Dict[str, Any]:
     """Find tickets with IMP for ``config``; returns (and writes) the metrics per round. ``on_round`` is
     passed to :class:`IMPPruner` (called after each round that runs, not for rounds read back from disk)."""
+    _check_keep(config.keep)  # not after hours of training
     accelerator = accelerator or Accelerator(cpu=None)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
     if finished.exists():
         _log.info("%s is finished already; nothing to do", run_dir)
-        return json.loads(finished.read_text())
+        results = json.loads(finished.read_text())
+        if accelerator.is_main_process:  # a tidy-up cut short, or a finished run now kept smaller
+            tidy_finished(run_dir / "imp", config.keep, results["trajectory"])
+        return results
     early = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
     logging.getLogger().addHandler(early)  # what loading says reaches log.txt once the run dir exists
     try:
@@ -87,12 +96,46 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
                    "trajectory": pruner.trajectory}
         if accelerator.is_main_process:
             atomic_write_text(finished, json.dumps(results, indent=1, default=str))
+            tidy_finished(run_dir / "imp", config.keep, pruner.trajectory)
         _log.info("IMP on %s finished: %s", config.task, finished)
         return results
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) -> List[str]:
+    """Delete what a finished IMP run (``metrics.json`` written) no longer needs; returns the names deleted.
+
+    ``tickets`` and ``final`` delete the resume state (which only a run that is not finished reads) and any
+    θi snapshot or step checkpoint left over; ``final`` also deletes every round's ticket but the last one (it
+    carries a θi run's rewind weights). ``trajectory.json`` stays. Idempotent: a rerun finishes a tidy-up cut short.
+    """
+    _check_keep(keep)
+    if keep == "all" or not imp_dir.is_dir():
+        return []
+    doomed = [imp_dir / _STATE, imp_dir / _THETA_I, *sorted(imp_dir.glob("step-checkpoint*"))]
+    if keep == "final":
+        last = trajectory[-1]["round"]
+        doomed += [imp_dir / f"ticket-round{r['round']:02d}.safetensors" for r in trajectory if r["round"] != last]
+    deleted = []
+    for path in doomed:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        deleted.append(path.name)
+    if deleted:
+        _log.info("%s is finished: deleted %s (keep: %s)", imp_dir.parent.name, ", ".join(deleted), keep)
+    return deleted
+
+
+def _check_keep(keep: str) -> None:
+    if keep not in _KEEP:
+        raise ValueError(f"keep must be one of {_KEEP} (what a finished run keeps on disk), got {keep!r}")
 
 
 def format_trajectory(results: Dict[str, Any]) -> str:

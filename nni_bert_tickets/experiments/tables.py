@@ -65,7 +65,12 @@ def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
-            ticket = Ticket.load(run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors")
+            path = run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors"
+            if not path.exists() and (run_dir / "metrics.json").exists():
+                raise FileNotFoundError(f"{path} is gone: the IMP run {run_dir.name} is finished and kept only its "
+                                        "final ticket (keep: final); delete the run directory and rerun it with "
+                                        "keep: tickets to get the ticket at every level")
+            ticket = Ticket.load(path)
             if ticket.rewind and ticket.rewind.startswith("theta_i") and ticket.weights is None:
                 # θi rewind weights are stored once, in the final ticket's file
                 final = Ticket.load(run_dir / "imp" / f"ticket-round{trajectory[-1]['round']:02d}.safetensors")
