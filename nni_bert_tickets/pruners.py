@@ -253,14 +253,12 @@ class IMPPruner(_TicketPruner):
                         space.target.masked_fill_(~space.mask.bool(), 0.0)
 
     def _reinit_head(self, level: int) -> None:
-        from .baselines import _init_std, init_module_
+        from .baselines import reinit_parameters_
         torch.manual_seed(self.seed * 1000 + level)
         prefix = base_prefix(self.bound_model)
         body = {id(p) for p in getattr(self.bound_model, prefix.rstrip("."), torch.nn.Module()).parameters()}
-        for name, module in self.bound_model.named_modules():
-            if name and prefix and not name.startswith(prefix) and name != prefix.rstrip(".") \
-                    and not any(id(p) in body for p in module.parameters(recurse=False)):  # e.g. a tied decoder
-                init_module_(module, _init_std(self.bound_model))
+        # the architecture's own initialiser, on the head's parameters only (a tied decoder stays with the body)
+        reinit_parameters_(self.bound_model, [p for p in self.bound_model.parameters() if prefix and id(p) not in body])
 
     def _head_names(self) -> set:
         prefix = base_prefix(self.bound_model)
