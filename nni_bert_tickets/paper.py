@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
+from .baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
 from .config import ExperimentConfig, unit_name
 from .experiment import prepare, run_imp
 from .files import atomic_write_text
@@ -126,6 +126,9 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     cost; otherwise each level's mask is retrained from θ0 with a fresh head (``imp_fresh_head``), and the run's
     own trajectory, whose head was carried across rounds (the reference code), is shown beside it, labelled.
     """
+    if "shuffled" in config.baselines and config.shuffle_mode == "layers":  # refused before any training
+        from transformers import AutoConfig
+        check_layer_shuffle(AutoConfig.from_pretrained(config.model))
     full = _full_stats(config, accelerator)
     imp = run_imp(config, accelerator)
     rows = []
