@@ -1,6 +1,7 @@
 """Lottery tickets for pre-trained BERT networks (Chen et al., NeurIPS 2020), native to NNI 3."""
 __version__ = "0.1.0"
 
+from .architectures import ArchitectureError, register_architecture
 from .targets import bert_config_list, prunable_modules
 from .masks import global_magnitude_masks, random_masks, sparsity_schedule
 from .ticket import Ticket, TicketError, prunable_weights
@@ -9,8 +10,9 @@ from .baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, s
 from .torch_prune import install_torch_prune, masks_from_torch_prune, remove_torch_prune
 
 __all__ = [
-    "__version__", "bert_config_list", "prunable_modules", "global_magnitude_masks", "random_masks",
-    "sparsity_schedule", "Ticket", "TicketError", "prunable_weights", "IMPPruner", "RandomPruner",
+    "__version__", "bert_config_list", "prunable_modules", "ArchitectureError", "register_architecture",
+    "global_magnitude_masks", "random_masks", "sparsity_schedule", "Ticket", "TicketError", "prunable_weights",
+    "IMPPruner", "RandomPruner",
     "one_shot_magnitude_ticket", "random_ticket", "reinitialize", "shuffle_weights",
     "install_torch_prune", "masks_from_torch_prune", "remove_torch_prune",
 ]

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 __all__ = ["Layout", "Matrix", "ArchitectureError", "LAYOUTS", "register_architecture", "layout_of", "HeadLayer",
-           "structured_layers",
-           "prunable_matrices", "model_type", "is_pooler", "ROLES"]
+           "structured_layers", "prunable_matrices", "model_type", "is_pooler", "ROLES"]
 
 ROLES = ("query", "key", "value", "pos_key", "pos_query", "attention_output", "ffn_in", "ffn_gate", "ffn_out",
          "pooler")

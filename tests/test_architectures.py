@@ -14,7 +14,8 @@ from tiny_models import EXPECTED, KINDS, batch, stored_layers, tiny_model
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks,
                               install_torch_prune, masks_from_torch_prune, prunable_modules, prunable_weights,
                               remove_torch_prune)
-from nni_bert_tickets.architectures import ArchitectureError, LAYOUTS, prunable_matrices, register_architecture
+from nni_bert_tickets.architectures import (LAYOUTS, ArchitectureError, Layout, prunable_matrices, register_architecture,
+                                            structured_layers)
 from nni_bert_tickets.masks import count_to_prune
 from nni_bert_tickets.targets import is_pooler
 
@@ -213,6 +214,17 @@ def test_a_set_named_by_hand_and_a_registered_architecture():
         assert ticket.sparsity == pytest.approx(0.5, abs=1e-3)
     finally:
         LAYOUTS.pop("deberta", None)
+    try:  # or a full layout: roles, layers, and the structured check
+        register_architecture("deberta", layout=Layout(
+            ("deberta",), "DeBERTa v1", lambda c: [f"encoder.layer.{i}" for i in range(c.num_hidden_layers)],
+            (("attention.self.in_proj", ("query", "key", "value")), ("attention.output.dense", ("attention_output",)),
+             ("intermediate.dense", ("ffn_in",)), ("output.dense", ("ffn_out",))), dense=()))
+        roles = Counter(r for m in prunable_matrices(model).values() for r in m.roles)
+        assert roles == Counter(query=2, key=2, value=2, attention_output=2, ffn_in=2, ffn_out=2)
+        with pytest.raises(ArchitectureError, match="fused projections"):
+            structured_layers(model)
+    finally:
+        LAYOUTS.pop("deberta", None)
     # a known type's subset by hand keeps the layout's roles
     v3 = tiny_model("deberta-v3")
     subset = prunable_matrices(v3, patterns=[r"attention\.self"])
@@ -226,7 +238,7 @@ def test_known_architecture_whose_matrices_do_not_match_is_refused():
         bert_config_list(model, 0.5)
     model = tiny_model("deberta-v3")
     model.deberta.encoder.layer[0].attention.self.extra_proj = torch.nn.Linear(16, 16)
-    with pytest.raises(ArchitectureError, match=r"does not place: 'deberta.encoder.layer.{i}.attention.self.extra_proj'"):
+    with pytest.raises(ArchitectureError, match=r"not place: 'deberta.encoder.layer.{i}.attention.self.extra_proj'"):
         prunable_modules(model)
     with pytest.raises(ValueError, match="has no pooler"):
         prunable_modules(tiny_model("roberta"), pooler=True)
