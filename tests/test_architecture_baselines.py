@@ -161,22 +161,29 @@ def test_structured_tickets_refuse_unsupported_types_before_any_work(kind):
 RUNNER = ["bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v3", "modernbert", "albert"]
 
 
+def _saved(model, kind, path, minilm_path):
+    """The model with a tokenizer beside it (the embedded model's vocabulary), as the runner loads it."""
+    model.save_pretrained(path)
+    names = {"model_input_names": ["input_ids", "attention_mask"]} \
+        if kind in ("roberta", "xlm-roberta", "distilbert", "modernbert") else {}  # as their own tokenizers
+    AutoTokenizer.from_pretrained(minilm_path, **names).save_pretrained(path)
+    return str(path)
+
+
+def _settings(path, glue_dir, tmp_path, **overrides):
+    return dict(task="sst2", model=path, data_dir=glue_dir, max_train_samples=16, max_eval_samples=16,
+                batch_size=8, max_steps=1, max_length=32, target_sparsity=0.2, step=0.2, seeds=1,
+                head="rewind", baselines=["random_reinit", "shuffled"],  # the two that depend on the layout
+                baseline_sparsities=[0.2], output_root=str(tmp_path / "runs"), **overrides)
+
+
 @pytest.mark.parametrize("kind", RUNNER)
 def test_table2_runs_on_each_architecture(kind, tmp_path, minilm_path, glue_dir):
     from nni_bert_tickets.config import ExperimentConfig
     from nni_bert_tickets.paper import imp_ticket, table2
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    model = tiny_model(kind, vocab=len(tokenizer))
-    path = tmp_path / kind
-    model.save_pretrained(path)
-    if kind in ("roberta", "xlm-roberta", "distilbert", "modernbert"):  # as their own tokenizers: no token types
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path, model_input_names=["input_ids", "attention_mask"])
-    tokenizer.save_pretrained(path)
-    settings = dict(task="sst2", model=str(path), data_dir=glue_dir, max_train_samples=16, max_eval_samples=16,
-                    batch_size=8, max_steps=1, max_length=32, target_sparsity=0.2, step=0.2, seeds=1,
-                    head="rewind", baselines=["random_reinit", "shuffled"],  # the two that depend on the layout
-                    baseline_sparsities=[0.2], output_root=str(tmp_path / "runs"))
+    model = tiny_model(kind, vocab=len(AutoTokenizer.from_pretrained(minilm_path)))
+    settings = _settings(_saved(model, kind, tmp_path / kind, minilm_path), glue_dir, tmp_path)
     if kind == "albert":  # one shared layer: θ0″ across layers is refused before any training
         with pytest.raises(ValueError, match="nothing to permute"):
             table2(ExperimentConfig(**settings).validate())
@@ -189,3 +196,20 @@ def test_table2_runs_on_each_architecture(kind, tmp_path, minilm_path, glue_dir)
     ticket = imp_ticket(config, 0.2)
     assert ticket.model_type == model.config.model_type
     assert set(ticket.masks) == set(prunable_weights(model)) and ticket.sparsity == pytest.approx(0.2, abs=1e-3)
+
+
+def test_runner_refuses_an_unknown_architecture_before_any_training(tmp_path, minilm_path, glue_dir):
+    from transformers import DebertaConfig, DebertaForSequenceClassification
+    from nni_bert_tickets.config import ExperimentConfig
+    from nni_bert_tickets.experiment import run_imp
+    from nni_bert_tickets.paper import table2, table3
+
+    model = DebertaForSequenceClassification(DebertaConfig(vocab_size=len(AutoTokenizer.from_pretrained(minilm_path)),
+                                                           hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                                           intermediate_size=32))
+    config = ExperimentConfig(**_settings(_saved(model, "deberta", tmp_path / "v1", minilm_path), glue_dir,
+                                          tmp_path)).validate()
+    for run in (table2, table3, run_imp):
+        with pytest.raises(ArchitectureError, match="'deberta'.*not a known architecture.*in_proj"):
+            run(config)
+    assert not (tmp_path / "runs").exists()
