@@ -18,7 +18,7 @@ from typing import Dict, Literal, Optional
 import torch
 
 from . import masks as M
-from .architectures import LAYOUTS, Layout, prunable_matrices
+from .architectures import prunable_matrices
 from .targets import prunable_modules
 from .ticket import Ticket, prunable_weights
 
@@ -160,12 +160,7 @@ def shuffle_weights(model: torch.nn.Module, seed: int = 0,
     """
     if mode not in ("layers", "within"):
         raise ValueError(f"shuffle mode must be 'layers' or 'within', got {mode!r}")
-    matrices = prunable_matrices(model)
-    modules = prunable_modules(model)
-    layers: Dict[int, Dict[str, torch.nn.Module]] = {}
-    for name, matrix in matrices.items():
-        if matrix.layer is not None and not matrix.pooler:
-            layers.setdefault(matrix.layer, {})[matrix.slot] = modules[name]
+    modules, layers = prunable_modules(model), _stored_layers(model)
     if mode == "layers":
         check_layer_shuffle(model, layers)
     generator = torch.Generator().manual_seed(seed)
@@ -186,29 +181,26 @@ def shuffle_weights(model: torch.nn.Module, seed: int = 0,
 
 def check_layer_shuffle(model: torch.nn.Module, layers: Optional[Dict[int, Dict[str, torch.nn.Module]]] = None) -> None:
     """Raise a clear error unless ``shuffle_weights(model, mode='layers')`` has layers to permute: at least two
-    stored layers with the same matrices of the same shapes. ``model`` may also be a transformers config (the
-    runner checks before any training), where the layout's count of stored layers is what is checked."""
-    kind = getattr(getattr(model, "config", model), "model_type", None) or type(model).__name__
-    if not isinstance(model, torch.nn.Module):
-        layout = LAYOUTS.get(kind)
-        count = len(layout.layers(model)) if isinstance(layout, Layout) else 2  # by hand: the model decides later
-        shapes_differ = False
-    else:
-        if layers is None:
-            layers = {}
-            modules = prunable_modules(model)
-            for name, matrix in prunable_matrices(model).items():
-                if matrix.layer is not None and not matrix.pooler:
-                    layers.setdefault(matrix.layer, {})[matrix.slot] = modules[name]
-        count = len(layers)
-        shapes = [{k: tuple(m.weight.shape) for k, m in layer.items()} for layer in layers.values()]
-        shapes_differ = any(s != shapes[0] for s in shapes)
-    if count < 2:
+    stored layers with the same matrices of the same shapes (the runner checks a meta-device skeleton before
+    any training)."""
+    kind = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    layers = _stored_layers(model) if layers is None else layers
+    if len(layers) < 2:
         raise ValueError(
-            f"θ0″ mode='layers' permutes whole layers across depth, but this {kind!r} model stores {count} "
+            f"θ0″ mode='layers' permutes whole layers across depth, but this {kind!r} model stores {len(layers)} "
             "layer(s) of prunable matrices" + (" (ALBERT shares one layer across every depth)" if kind == "albert"
                                                else "")
             + ": nothing to permute. Use mode='within' (shuffle_mode: within in a config)")
-    if shapes_differ:
+    shapes = [{k: tuple(m.weight.shape) for k, m in layer.items()} for layer in layers.values()]
+    if any(s != shapes[0] for s in shapes):
         raise ValueError(f"θ0″ mode='layers' needs layers with the same matrices and shapes; this {kind!r} "
                          "model's layers differ. Use mode='within'")
+
+
+def _stored_layers(model: torch.nn.Module) -> Dict[int, Dict[str, torch.nn.Module]]:
+    """The prunable matrices of each stored layer, by their name inside the layer (the pooler aside)."""
+    modules, layers = prunable_modules(model), {}
+    for name, matrix in prunable_matrices(model).items():
+        if matrix.layer is not None and not matrix.pooler:
+            layers.setdefault(matrix.layer, {})[matrix.slot] = modules[name]
+    return layers

@@ -14,8 +14,8 @@ from tiny_models import EXPECTED, KINDS, batch, stored_layers, tiny_model
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks,
                               install_torch_prune, masks_from_torch_prune, prunable_modules, prunable_weights,
                               remove_torch_prune)
-from nni_bert_tickets.architectures import (LAYOUTS, ArchitectureError, Layout, prunable_matrices, register_architecture,
-                                            structured_layers)
+from nni_bert_tickets.architectures import (LAYOUTS, ArchitectureError, Layout, prunable_matrices,
+                                            register_architecture, structured_layers)
 from nni_bert_tickets.masks import count_to_prune
 from nni_bert_tickets.targets import is_pooler
 
