@@ -117,6 +117,8 @@ def _add(layout) -> None:
 
 _add(Layout(("bert",), "BERT", _stacked("encoder.layer.{i}"), _BERT_MATRICES, pooler="pooler.dense",
             head_attrs=_BERT_HEADS, notes="the paper's layout: 6 matrices per layer + the pooler"))
+_add(Layout(("pruned_bert",), "structured BERT ticket", _stacked("encoder.layer.{i}"), _BERT_MATRICES,
+            pooler="pooler.dense", notes="a saved structured ticket (save_structured): BERT's names, smaller layers"))
 _add(Layout(("roberta", "xlm-roberta"), "RoBERTa / XLM-R", _stacked("encoder.layer.{i}"), _BERT_MATRICES,
             pooler="pooler.dense", head_attrs=_BERT_HEADS,
             notes="BERT's names; classification models have no pooler (classifier.dense is the task head)"))

@@ -243,3 +243,16 @@ def test_known_architecture_whose_matrices_do_not_match_is_refused():
     with pytest.raises(ValueError, match="has no pooler"):
         prunable_modules(tiny_model("roberta"), pooler=True)
     assert len(prunable_modules(tiny_model("albert"), pooler=False)) == 6
+
+
+def test_a_saved_structured_ticket_model_keeps_berts_unstructured_layout():
+    from nni_bert_tickets.hf_remote.modeling_pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
+    config = PrunedBertConfig(heads_per_layer=[1, 2], intermediate_sizes=[8, 32], vocab_size=64, hidden_size=16,
+                              num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    model = PrunedBertForSequenceClassification(config)
+    assert [m.weight.shape[0] for m in prunable_modules(model).values()] == [8, 8, 8, 16, 8, 16] + [16] * 4 + [32, 16, 16]
+    ticket = Ticket.from_model(model, global_magnitude_masks(prunable_weights(model), 0.5))
+    with pytest.raises(TicketError, match="ticket is for a 'pruned_bert' model"):
+        ticket.apply(tiny_model("bert"))
+    with pytest.raises(ArchitectureError, match="structured tickets .* support the model types"):
+        structured_layers(model)
