@@ -36,7 +36,7 @@ class ResumeState:
         """sha256 of the names, dtypes, shapes and bytes of every body parameter: all that θ0 rewinding restores
         from the model (embeddings, LayerNorm and biases as well as the prunable matrices)."""
         head, digest = self._head_names(), hashlib.sha256()
-        body = sorted((_unwrapped(n), p) for n, p in self.bound_model.named_parameters() if n not in head)
+        body = sorted((unwrapped_name(n), p) for n, p in self.bound_model.named_parameters() if n not in head)
         for name, param in body:
             value = param.detach().cpu().contiguous()
             digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
@@ -140,5 +140,5 @@ class ResumeState:
         return out
 
 
-def _unwrapped(name: str) -> str:
+def unwrapped_name(name: str) -> str:
     return name.replace("._nni_wrapper", "")

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from . import masks as M
 from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
 from .files import atomic_write, atomic_write_text
-from .imp_state import ResumeState, _unwrapped
-from .ticket import Ticket, _model_name, fingerprint, prunable_weights
+from .imp_state import ResumeState, unwrapped_name
+from .ticket import Ticket, model_name, fingerprint, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class IMPPruner(_TicketPruner, ResumeState):
         self._covered = sorted(ticket_key(self.bound_model, name) for name in self._target_spaces)
         self._base = fingerprint(self._theta0_prunable, {k: torch.ones_like(w, dtype=torch.bool)
                                                          for k, w in self._theta0_prunable.items()})
-        self._body, self._base_model = self._body_fingerprint(), _model_name(self.bound_model)
+        self._body, self._base_model = self._body_fingerprint(), model_name(self.bound_model)
         self._rewind_state = self._state() if rewind == 0 else None
 
     # ---- the level loop ------------------------------------------------------------------------------------
@@ -254,14 +254,12 @@ class IMPPruner(_TicketPruner, ResumeState):
                 self._reinit_head(level)
 
     def _reinit_head(self, level: int) -> None:
-        from .baselines import _init_std, init_module_
+        from .baselines import reinit_parameters_
         torch.manual_seed(self.seed * 1000 + level)
         prefix = base_prefix(self.bound_model)
         body = {id(p) for p in getattr(self.bound_model, prefix.rstrip("."), torch.nn.Module()).parameters()}
-        for name, module in self.bound_model.named_modules():
-            if name and prefix and not name.startswith(prefix) and name != prefix.rstrip(".") \
-                    and not any(id(p) in body for p in module.parameters(recurse=False)):  # e.g. a tied decoder
-                init_module_(module, _init_std(self.bound_model))
+        # the architecture's own initialiser, on the head's parameters only (a tied decoder stays with the body)
+        reinit_parameters_(self.bound_model, [p for p in self.bound_model.parameters() if prefix and id(p) not in body])
 
     def _state(self) -> Dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.bound_model.named_parameters()}
@@ -274,7 +272,7 @@ class IMPPruner(_TicketPruner, ResumeState):
         if not self.rewind or self._rewind_state is None:
             return None
         prefix, head = base_prefix(self.bound_model), self._head_names()
-        return {_unwrapped(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
+        return {unwrapped_name(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
 
     def _seed_everything(self, level: int) -> None:
         seed = self.seed * 1000 + level

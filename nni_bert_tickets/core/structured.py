@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List
 import torch
 import torch_pruning as tp
 
+from .architectures import structured_layers
 from .targets import base_prefix, check_sparsity
 
 __all__ = ["StructuredIMP", "StructuredTicket", "structured_ticket_model", "save_structured"]
@@ -49,7 +50,9 @@ class StructuredTicket:
 
 
 def _layers(model):
-    return model.base_model.encoder.layer
+    """Per layer: the attention module, its per-head projections, attention output and FFN in/out (the model
+    type's layout; BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT, DeBERTa-v2/v3, else a clear error)."""
+    return structured_layers(model)
 
 
 def structured_ticket_model(theta0: torch.nn.Module, ticket: StructuredTicket, example_inputs) -> torch.nn.Module:
@@ -58,14 +61,20 @@ def structured_ticket_model(theta0: torch.nn.Module, ticket: StructuredTicket, e
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     d = ticket.head_size
     for layer, heads, channels in zip(_layers(model), ticket.heads, ticket.channels):
-        attention, ffn = layer.attention.self, layer.intermediate.dense
-        gone_heads = sorted(set(range(attention.query.out_features // d)) - set(heads))
+        query, ffn = layer.heads[0], layer.ffn_in
+        gone_heads = sorted(set(range(query.out_features // d)) - set(heads))
         gone_channels = sorted(set(range(ffn.out_features)) - set(channels))
         if gone_heads:
             idxs = [h * d + k for h in gone_heads for k in range(d)]
-            graph.get_pruning_group(attention.query, tp.prune_linear_out_channels, idxs=idxs).prune()
-            attention.num_attention_heads = len(heads)
-            attention.all_head_size = len(heads) * d
+            group = graph.get_pruning_group(query, tp.prune_linear_out_channels, idxs=idxs)
+            cut = {id(dep.target.module) for dep, _ in group}
+            if not all(id(m) in cut for m in (*layer.heads, layer.attention_output)):  # never a partial head
+                raise RuntimeError("torch-pruning did not tie the query's heads to all of key, value and the "
+                                   "attention output in this model; structured pruning would corrupt it")
+            group.prune()
+            count, width = layer.head_attrs
+            setattr(layer.attention, count, len(heads))
+            setattr(layer.attention, width, len(heads) * d)
         if gone_channels:
             graph.get_pruning_group(ffn, tp.prune_linear_out_channels, idxs=gone_channels).prune()
     return model
@@ -96,10 +105,10 @@ class StructuredIMP:
                              f"{config.num_attention_heads}], got {min_heads!r}")
         self.fit, self.example_inputs, self.step, self.min_heads = fit, example_inputs, float(step), min_heads
         self.targets = (float(head_sparsity), float(channel_sparsity))
-        self.head_size = config.hidden_size // config.num_attention_heads
-        layers = _layers(model)
+        layers = _layers(model)  # an unsupported architecture fails here, before any work
+        self.head_size = layers[0].heads[0].out_features // config.num_attention_heads
         self.ticket = StructuredTicket(heads=[list(range(config.num_attention_heads)) for _ in layers],
-                                       channels=[list(range(l.intermediate.dense.out_features)) for l in layers],
+                                       channels=[list(range(l.ffn_in.out_features)) for l in layers],
                                        head_size=self.head_size)
         self.totals = (sum(map(len, self.ticket.heads)), sum(map(len, self.ticket.channels)))
         _check_reachable("head_sparsity", self.targets[0], self.totals[0], len(layers), min_heads, "heads")
@@ -136,12 +145,12 @@ class StructuredIMP:
         d = self.head_size
         scores_h, scores_c = [], []
         for i, layer in enumerate(_layers(model)):
-            att, out = layer.attention.self, layer.attention.output.dense
+            out = layer.attention_output
             for j, head in enumerate(self.ticket.heads[i]):
                 rows = slice(j * d, (j + 1) * d)
-                parts = [att.query.weight[rows], att.key.weight[rows], att.value.weight[rows], out.weight[:, rows]]
+                parts = [m.weight[rows] for m in layer.heads] + [out.weight[:, rows]]
                 scores_h.append((float(torch.cat([p.abs().flatten() for p in parts]).mean()), i, head))
-            inter, down = layer.intermediate.dense.weight, layer.output.dense.weight
+            inter, down = layer.ffn_in.weight, layer.ffn_out.weight
             score = (inter.abs().mean(1) + down.abs().mean(0)) / 2
             scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
         removed = [t if level >= self.rounds else min(t, level * self.step) for t in self.targets]  # the last: exact
@@ -174,8 +183,14 @@ def _keep_top(scores, keep: int, layers: int, minimum: int) -> List[List[int]]:
 
 
 def save_structured(model: torch.nn.Module, ticket: StructuredTicket, path: str, tokenizer=None) -> None:
-    """Save as a Hugging Face model that loads with transformers alone (``trust_remote_code=True``)."""
+    """Save as a Hugging Face model that loads with transformers alone (``trust_remote_code=True``); BERT
+    models only (the remote-code class is a BERT): for other types keep the model and ``ticket`` yourself."""
     from .hf_remote.modeling_pruned_bert import PrunedBertConfig
+
+    if getattr(model.config, "model_type", None) != "bert":
+        raise ValueError(f"save_structured writes a BERT model with its own modeling file; this is a "
+                         f"{model.config.model_type!r} model. Save it with torch.save(model) and the ticket's "
+                         "heads/channels, or rebuild it with structured_ticket_model(theta0, ticket, inputs)")
 
     config = PrunedBertConfig(heads_per_layer=[len(h) for h in ticket.heads],
                               intermediate_sizes=[len(c) for c in ticket.channels],

@@ -1,24 +1,29 @@
-"""Which weights a BERT ticket prunes.
+"""Which weights a ticket prunes.
 
 The paper prunes, in every transformer layer, the query, key and value projections, the attention output
 dense, the intermediate dense and the output dense, plus the pooler dense: 73 matrices for bert-base.
 Embeddings, biases, LayerNorm and task heads are never pruned.
 
-Names are matched on ``nn.Linear`` modules, so BERT, RoBERTa, ELECTRA, MiniLM (BERT layout) and DistilBERT
-(``q_lin``/``k_lin``/``v_lin``/``out_lin``/``ffn.lin1``/``ffn.lin2``) are all recognised.
+Which modules those are is the model type's layout (:mod:`nni_bert_tickets.core.architectures`: BERT, RoBERTa,
+XLM-R, ELECTRA, DistilBERT, DeBERTa-v2/v3, ModernBERT, ALBERT); an unknown architecture, or a known one whose
+matrices are not all found, is refused rather than pruned partially. ``patterns=`` / ``names=`` name the set
+by hand.
 """
 from __future__ import annotations
 
 import logging
-import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from .architectures import is_pooler, prunable_matrices
 
 __all__ = ["PRUNABLE_PATTERNS", "prunable_modules", "base_prefix", "ticket_key", "bert_config_list", "is_pooler",
            "check_sparsity"]
 _log = logging.getLogger(__name__)
 
+# the BERT and DistilBERT module names, usable as ``prunable_modules(model, patterns=PRUNABLE_PATTERNS)``; the
+# default selection comes from the model type's layout (nni_bert_tickets.core.architectures)
 PRUNABLE_PATTERNS = (
     r"(^|\.)encoder\.layer\.\d+\.attention\.self\.(query|key|value)$",
     r"(^|\.)encoder\.layer\.\d+\.attention\.output\.dense$",
@@ -28,38 +33,35 @@ PRUNABLE_PATTERNS = (
     r"(^|\.)transformer\.layer\.\d+\.ffn\.(lin1|lin2)$",
     r"(^|\.)pooler\.dense$",
 )
-_PRUNABLE = re.compile("|".join(f"(?:{p})" for p in PRUNABLE_PATTERNS))
 GROUP_ID = "bert_tickets"
-_POOLER = re.compile(r"(^|\.)pooler\.dense(\.weight)?$")
 # a pooler whose mean |w| is below this fraction of the encoder matrices' looks untrained (all-MiniLM-L6-v2: 0.007
 # against 0.03-0.07, a ratio of about 0.15); global magnitude pruning would then remove it first
 UNTRAINED_POOLER_RATIO = 0.25
 
 
-def is_pooler(name: str) -> bool:
-    """Whether a module name or ticket key names the pooler dense (the one matrix outside the encoder layers)."""
-    return bool(_POOLER.search(name))
-
-
-def prunable_modules(model: torch.nn.Module, pooler: Optional[bool] = None) -> Dict[str, torch.nn.Linear]:
+def prunable_modules(model: torch.nn.Module, pooler: Optional[bool] = None, *,
+                     patterns: Optional[Sequence[str]] = None,
+                     names: Optional[Sequence[str]] = None) -> Dict[str, torch.nn.Linear]:
     """The paper's prunable ``nn.Linear`` modules of ``model``, by their full module name, in model order.
 
-    ``pooler``: ``None`` (default, the paper's set) includes the pooler where the model has one (classification
-    models do; MLM and question-answering models do not); ``True`` requires it (an error if the model has none);
-    ``False`` leaves it out.
+    The set is the model type's layout (see :mod:`~nni_bert_tickets.core.architectures`), complete or refused with
+    an :class:`~nni_bert_tickets.core.architectures.ArchitectureError`. ``patterns`` (regexes searched in module
+    names) or ``names`` (exact module names) name the set by hand instead.
+
+    ``pooler``: ``None`` (default, the paper's set) includes the pooler where the model has one (BERT-style
+    classification models do; MLM and question-answering models, and architectures whose pooler is a fresh
+    task head, do not); ``True`` requires it (an error if the model has none); ``False`` leaves it out.
     """
-    found = {name: module for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and _PRUNABLE.search(name)}
-    if not found:
-        raise ValueError(
-            f"{type(model).__name__} has no prunable BERT matrices: expected nn.Linear modules named like "
-            "'encoder.layer.0.attention.self.query' or 'transformer.layer.0.attention.q_lin'")
-    if pooler is True and not any(is_pooler(n) for n in found):
+    if pooler not in (None, True, False):
+        raise ValueError(f"pooler must be None, True or False, got {pooler!r}")
+    matrices = prunable_matrices(model, patterns=patterns, names=names)
+    if not matrices:
+        raise ValueError(f"{type(model).__name__}: the prunable set is empty")
+    if pooler is True and not any(m.pooler for m in matrices.values()):
         raise ValueError(f"pooler=True, but {type(model).__name__} has no pooler (MLM and question-answering "
                          "models have none); use pooler=None to prune it only where there is one")
-    if pooler is False:
-        found = {n: m for n, m in found.items() if not is_pooler(n)}
-    return found
+    modules = dict(model.named_modules())
+    return {name: modules[name] for name, m in matrices.items() if not (pooler is False and m.pooler)}
 
 
 def base_prefix(model: torch.nn.Module) -> str:
@@ -78,7 +80,8 @@ def ticket_key(model: torch.nn.Module, module_name: str) -> str:
     return f"{name}.weight"
 
 
-def bert_config_list(model: torch.nn.Module, sparse_ratio: float, pooler: Optional[bool] = None) -> List[dict]:
+def bert_config_list(model: torch.nn.Module, sparse_ratio: float, pooler: Optional[bool] = None, *,
+                     patterns: Optional[Sequence[str]] = None, names: Optional[Sequence[str]] = None) -> List[dict]:
     """An NNI 3 ``config_list`` selecting the paper's prunable matrices as one global group, weights only.
 
     ``pooler`` chooses whether the pooler dense is in the group (see :func:`prunable_modules`; default: where
@@ -87,9 +90,10 @@ def bert_config_list(model: torch.nn.Module, sparse_ratio: float, pooler: Option
 
     >>> config_list = bert_config_list(model, 0.7)   # 73 matrices of bert-base, 70 % sparsity overall
     >>> config_list = bert_config_list(model, 0.7, pooler=False)   # the 72 encoder matrices only
+    >>> config_list = bert_config_list(model, 0.7, patterns=[r"attention"])   # a set named by hand
     """
     check_sparsity(sparse_ratio)
-    modules = prunable_modules(model, pooler)
+    modules = prunable_modules(model, pooler, patterns=patterns, names=names)
     if pooler is None:
         _warn_if_pooler_untrained(modules)
     names = list(modules)

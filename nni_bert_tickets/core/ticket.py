@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from . import masks as M
 from .files import atomic_write
+from .architectures import model_type as type_of
 from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
 
 __all__ = ["Ticket", "TicketError", "AppliedTicket", "prunable_weights", "fingerprint", "matrix_fingerprints"]
@@ -124,8 +125,8 @@ class Ticket:
             raise TicketError(f"base_weights lack {absent[:3]}")
         weights = {k: source[k] for k in masks}
         M.check_same_keys(weights, masks)
-        meta.setdefault("base_model", _model_name(model))
-        meta.setdefault("model_type", _model_type(model))
+        meta.setdefault("base_model", model_name(model))
+        meta.setdefault("model_type", type_of(model))
         meta.setdefault("encoder_matrices", sum(not is_pooler(k) for k in live))
         return cls(masks=dict(masks), fingerprint=fingerprint(weights, masks),
                    matrix_fingerprints=matrix_fingerprints(weights, masks), **meta)
@@ -194,7 +195,7 @@ class Ticket:
         """The masks of this ticket that apply to ``model``; a :class:`TicketError` if the ticket is for another
         architecture or model type, or (with ``strict``) covers a matrix the model lacks."""
         live = prunable_weights(model)
-        kind = _model_type(model)
+        kind = type_of(model)
         if self.model_type and kind and kind != self.model_type:
             raise TicketError(f"ticket is for a {self.model_type!r} model, not {kind!r} ({type(model).__name__})")
         missing = sorted(set(self.masks) - set(live))
@@ -372,10 +373,7 @@ def _unpack(path: str, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, 
     return masks
 
 
-def _model_type(model: torch.nn.Module) -> str:
-    return str(getattr(getattr(model, "config", None), "model_type", "") or "")
-
-
-def _model_name(model: torch.nn.Module) -> str:
+def model_name(model: torch.nn.Module) -> str:
+    """What a ticket records as its base model: the checkpoint's name or path, else its type."""
     config = getattr(model, "config", None)
     return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__)

@@ -75,6 +75,8 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     logging.getLogger().addHandler(early)  # what loading says reaches log.txt once the run dir exists
     try:
         model, tuner = prepare(config, accelerator, run_dir / "imp" / "step-checkpoint")  # bad input: no run dir
+        # an architecture whose prunable set cannot be named is bad input too
+        config_list = bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler)
     finally:
         logging.getLogger().removeHandler(early)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     try:
         if accelerator.is_main_process:
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-        pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler), tuner.evaluator(model),
+        pruner = IMPPruner(model, config_list, tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round,
                            ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)

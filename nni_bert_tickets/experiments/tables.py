@@ -18,14 +18,16 @@ from typing import Any, Callable, Dict, Optional
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..core.baselines import one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
+from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
 from .config import ExperimentConfig, load_yaml, unit_name
 from .imp_run import prepare, run_imp
 from ..core.files import atomic_write_text
+from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 
-__all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "EXPERIMENTS"]
+__all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
+           "EXPERIMENTS"]
 _log = logging.getLogger(__name__)
 
 
@@ -129,6 +131,21 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float,
     return cached(Path(config.output_root), f"{kind}-{config.task}", settings, compute, accelerator)
 
 
+def check_model(config: ExperimentConfig, shuffle: Optional[str] = None) -> None:
+    """Refuse, before any training, a model whose prunable set cannot be named (an unknown architecture, or a
+    known one whose matrices do not match its layout), or θ0″ across layers where there are no layers to
+    permute. Builds the model's skeleton from its config on the meta device (no weights are read)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    hf_config = AutoConfig.from_pretrained(config.model)
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(hf_config)
+    prunable_modules(skeleton)
+    if shuffle == "layers":
+        check_layer_shuffle(skeleton)
+
+
 def _full_stats(config: ExperimentConfig, accelerator) -> Dict[str, Any]:
     runs = [full_model(config, config.seed + i, accelerator)["default"] for i in range(config.seeds)]
     return {"runs": runs, "mean": statistics.fmean(runs), "std": statistics.pstdev(runs) if len(runs) > 1 else 0.0}
@@ -147,6 +164,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     cost; otherwise each level's mask is retrained from θ0 with a fresh head (``imp_fresh_head``), and the run's
     own trajectory, whose head was carried across rounds (the reference code), is shown beside it, labelled.
     """
+    check_model(config, shuffle=config.shuffle_mode if "shuffled" in config.baselines else None)
     full = _full_stats(config, accelerator)
     imp = run_imp(config, accelerator)
     rows = []
@@ -187,6 +205,7 @@ def _baseline_levels(config: ExperimentConfig, levels, highest: Optional[float])
 
 def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
     """Rewinding to θi for each i in ``rewind_points`` (fractions of training) and standard pruning."""
+    check_model(config)
     full = _full_stats(config, accelerator)
     rows = []
     for point in [*config.rewind_points, None]:
@@ -211,6 +230,7 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity. A source counts as at least as good
     as a target's own ticket where it scores within one standard deviation of the target's full model below it.
     """
+    check_model(config)
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
     per_task = {t: dataclasses.replace(config, task=t, data_dir=config.mlm_data_dir if t == "mlm" else config.data_dir)
                 for t in targets}
