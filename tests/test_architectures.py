@@ -246,7 +246,7 @@ def test_known_architecture_whose_matrices_do_not_match_is_refused():
 
 
 def test_a_saved_structured_ticket_model_keeps_berts_unstructured_layout():
-    from nni_bert_tickets.hf_remote.modeling_pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
+    from nni_bert_tickets.core.hf_remote.modeling_pruned_bert import PrunedBertConfig, PrunedBertForSequenceClassification
     config = PrunedBertConfig(heads_per_layer=[1, 2], intermediate_sizes=[8, 32], vocab_size=64, hidden_size=16,
                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
     model = PrunedBertForSequenceClassification(config)
