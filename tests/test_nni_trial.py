@@ -1,6 +1,9 @@
 """An NNI trial in-process, NNI's trial channel replaced by a recorder; the guard's rule for ending a sweep."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nni.runtime.trial_command_channel as channels
@@ -127,3 +130,25 @@ def test_guard_runs_scripts_and_modules_like_python(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert guard.run(["-m", "script", "1"]) == 2  # `-m`: the working directory is on the path
     assert guard.main(["--bogus"]) == 2
+
+
+def test_trial_sh_outside_nni_takes_python3_from_path_or_the_named_interpreter(tmp_path):
+    """No NNI manager among the parents (as on a remote machine): PATH's python3, unless one is named."""
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "fake python3 $*; $NNI_BERT_TICKETS_TRIAL_PYTHON_SOURCE"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "NNI_BERT_TICKETS_PYTHON"}
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
+    trial_sh = ROOT / "examples" / "nni" / "trial.sh"
+    out = subprocess.run(["bash", str(trial_sh), "examples/glue.py", "--x"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (f"fake python3 {trial_sh.parent}/trial_guard.py examples/glue.py --x; "
+                          "python3 on PATH (no NNI manager among this trial's parents)\n")
+    named = subprocess.run(["bash", str(trial_sh), "-m", "json.tool", "--help"], capture_output=True, text=True,
+                           env={**env, "NNI_BERT_TICKETS_PYTHON": sys.executable})
+    assert named.returncode == 0 and "usage: python -m json.tool" in named.stdout, named.stderr
+    missing = subprocess.run(["bash", str(trial_sh), "x.py"], capture_output=True, text=True,
+                             env={**env, "NNI_BERT_TICKETS_PYTHON": str(tmp_path / "no-python")})
+    assert missing.returncode == 127 and "no usable Python interpreter" in missing.stderr
+    assert f"NNI_BERT_TICKETS_PYTHON={tmp_path / 'no-python'}" in missing.stderr

@@ -57,7 +57,8 @@ if [ -n "${NNI_BERT_TICKETS_PYTHON:-}" ]; then
 elif [ -n "$manager_python" ]; then
     python=$manager_python source="the Python that runs nnictl (the NNI manager's interpreter)"
 else
-    python=$(command -v python3 || command -v python || true) source="python3 on PATH (no NNI manager among this trial's parents)"
+    python=$(command -v python3 || command -v python || true)
+    source="python3 on PATH (no NNI manager among this trial's parents)"
 fi
 if [ -z "$python" ] || ! [ -x "$python" ]; then
     echo "trial.sh: no usable Python interpreter (${python:-none found} from $source)" >&2
