@@ -25,11 +25,12 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
         config = nni_trial.with_nni_parameters(config)
     accelerator = Accelerator()
     if config.experiment == "imp":
-        # each round reported once, also when a killed run is resumed and reruns its interrupted round
-        run_dir = Path(config.output_root) / config.run_name()
-        report = nni_trial.round_reporter(run_dir) if trial and accelerator.is_main_process else None
-        results = run_imp(config, accelerator, on_round=report)
+        report = None
         if trial and accelerator.is_main_process:
+            report = nni_trial.RoundReporter(Path(config.output_root) / config.run_name())
+        results = run_imp(config, accelerator, on_round=report)
+        if report is not None:
+            report.finish(results["trajectory"])
             nni_trial.report_final(results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
     else:

@@ -1,9 +1,12 @@
 """Running as a trial of an NNI experiment (``nnictl create --config examples/nni/*.yml``).
 
-Under NNI the tuner's parameters (any :class:`~nni_bert_tickets.experiments.config.ExperimentConfig` fields) override the
-config; each IMP round is reported once with ``nni.report_intermediate_result`` (:func:`round_reporter`, also
-when a killed run is resumed) and the ticket at the target sparsity with ``nni.report_final_result``. Outside an
-experiment nothing changes, so the same command runs standalone.
+Under NNI the tuner's parameters (any :class:`~nni_bert_tickets.experiments.config.ExperimentConfig` fields)
+override the config, and ``$NNI_BERT_TICKETS_OUTPUT_ROOT``, when set, says where the sweep's runs go
+(``output_root``: where, never what, so a sweep can write elsewhere without editing its YAML). Every IMP round is
+reported with ``nni.report_intermediate_result``, once per trial and in order (:class:`RoundReporter`): rounds
+read back from an earlier run (finished or interrupted) are reported too, so a trial's intermediate results are
+its whole IMP trajectory, and a round reported before a kill is not reported again when the trial resumes. The
+ticket at the target sparsity is the final result. Outside an experiment nothing changes.
 """
 from __future__ import annotations
 
@@ -11,16 +14,19 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import nni
 
 from .config import ExperimentConfig
 from ..core.files import atomic_write_text
 
-__all__ = ["under_nni", "with_nni_parameters", "report_round", "round_reporter", "report_final", "REPORTED"]
+__all__ = ["OUTPUT_ROOT_ENV", "under_nni", "with_nni_parameters", "report_round", "RoundReporter", "report_final",
+           "REPORTED"]
 _log = logging.getLogger(__name__)
-REPORTED = "nni-reported-rounds.json"  # in the run directory: the IMP rounds already reported to NNI
+OUTPUT_ROOT_ENV = "NNI_BERT_TICKETS_OUTPUT_ROOT"
+REPORTED = "nni-reported-rounds.json"  # in the run directory: {trial id: the IMP rounds it reported}
 
 
 def under_nni() -> bool:
@@ -35,6 +41,12 @@ def with_nni_parameters(config: ExperimentConfig) -> ExperimentConfig:
     if unknown:
         raise ValueError(f"the NNI search space names unknown settings {unknown}; known: {sorted(known)}")
     _log.info("NNI trial %s parameters: %s", nni.get_trial_id(), params)
+    root = os.environ.get(OUTPUT_ROOT_ENV)
+    if root is not None:
+        if not root.strip():
+            raise ValueError(f"{OUTPUT_ROOT_ENV} is set but empty; unset it or name a folder for the sweep's runs")
+        _log.info("runs go to %s (%s) instead of %s", root, OUTPUT_ROOT_ENV, config.output_root)
+        params["output_root"] = root
     return dataclasses.replace(config, **params).validate()
 
 
@@ -44,32 +56,61 @@ def report_round(record: Dict[str, Any], _ticket=None) -> None:
                                     "round": record["round"]})
 
 
-def round_reporter(run_dir: str | os.PathLike, report: Optional[Callable[..., None]] = None):
-    """An ``on_round`` for :class:`~nni_bert_tickets.IMPPruner` that reports each round of the run in ``run_dir``
-    once (with ``report``, default :func:`report_round`).
+class RoundReporter:
+    """``on_round`` for :func:`~nni_bert_tickets.experiments.imp_run.run_imp`: every round of the run in
+    ``run_dir`` reported once per trial, in order (with ``report``, default :func:`report_round`).
 
-    A kill after a round is reported but before its state is saved makes the resumed run train that round
-    again; the rounds already reported are kept in ``<run_dir>/nni-reported-rounds.json`` (written right after
-    each report), so the rerun is not reported a second time.
+    A resumed run trains only its later rounds: before the first of them, the rounds read back from the run's
+    ``imp/trajectory.json`` are reported; :meth:`finish` reports what is left (all rounds of a run that was
+    finished already, when ``run_imp`` trains nothing). The rounds a trial reported are kept in
+    ``<run_dir>/nni-reported-rounds.json`` right after each report, so a kill between a round's report and its
+    saved state does not make the resumed trial report that round twice; another trial reusing the run reports
+    its whole trajectory.
     """
-    path, report = os.path.join(os.fspath(run_dir), REPORTED), report or report_round
 
-    def on_round(record: Dict[str, Any], ticket=None) -> None:
-        done = set()
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    done = set(json.load(f))
-            except (OSError, ValueError, TypeError) as err:
-                raise ValueError(f"{path} is unreadable ({err}); delete it to report the coming rounds "
-                                 "again") from err
-        if record["round"] in done:
-            _log.info("IMP round %d was reported to NNI before the run was interrupted; not reporting it again",
-                      record["round"])
+    def __init__(self, run_dir: str | os.PathLike, trial: Optional[str] = None,
+                 report: Optional[Callable[..., None]] = None):
+        self.run_dir, self.trial = Path(run_dir), trial or nni.get_trial_id()
+        self.report = report or report_round
+        self.record_file = self.run_dir / REPORTED
+        self.done = set(self._records().get(self.trial, []))
+
+    def __call__(self, record: Dict[str, Any], ticket=None) -> None:
+        for earlier in self._saved()[:record["round"]]:
+            self._once(earlier)
+        self._once(record, ticket)
+
+    def finish(self, trajectory: List[Dict[str, Any]]) -> None:
+        for record in trajectory:
+            self._once(record)
+
+    def _once(self, record: Dict[str, Any], ticket=None) -> None:
+        if record["round"] in self.done:
             return
-        report(record, ticket)
-        atomic_write_text(path, json.dumps(sorted(done | {record["round"]})))
-    return on_round
+        self.report(record, ticket)
+        self.done.add(record["round"])
+        records = {**self._records(), self.trial: sorted(self.done)}
+        atomic_write_text(self.record_file, json.dumps(records, sort_keys=True))
+
+    def _records(self) -> Dict[str, List[int]]:
+        if not self.record_file.exists():
+            return {}
+        try:
+            records = json.loads(self.record_file.read_text())
+            if not isinstance(records, dict):
+                raise TypeError("not a mapping of trial ids to rounds")
+            return records
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(f"{self.record_file} is unreadable ({err}); delete it to report the rounds "
+                             "again") from err
+
+    def _saved(self) -> List[Dict[str, Any]]:
+        path = self.run_dir / "imp" / "trajectory.json"
+        try:
+            return json.loads(path.read_text()) if path.exists() else []
+        except (OSError, ValueError) as err:
+            _log.warning("cannot read the resumed rounds from %s: %s", path, err)
+            return []
 
 
 def report_final(results: Dict[str, Any]) -> None:
