@@ -5,9 +5,7 @@ import json
 import logging
 from typing import Optional, Sequence
 
-from accelerate import Accelerator
-
-from . import nni_trial
+from . import nni_trial, tracking
 from .config import parse_args
 from .experiment import format_trajectory, run_imp
 from .paper import EXPERIMENTS
@@ -22,7 +20,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
     trial = nni_trial.under_nni()
     if trial:
         config = nni_trial.with_nni_parameters(config)
-    accelerator = Accelerator()
+    accelerator = tracking.make_accelerator(config.report_to, config.output_root)  # report_to: one run per unit
     if config.experiment == "imp":
         report = nni_trial.report_round if trial and accelerator.is_main_process else None
         results = run_imp(config, accelerator, on_round=report)

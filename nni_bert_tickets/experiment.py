@@ -17,6 +17,8 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from . import tracking
+
 from .config import ExperimentConfig
 from .tasks import get_task
 from .files import atomic_write_text
@@ -50,7 +52,10 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             on_round=None) -> Dict[str, Any]:
     """Find tickets with IMP for ``config``; returns (and writes) the metrics per round. ``on_round`` is
     passed to :class:`IMPPruner` (called after each round that runs, not for rounds read back from disk)."""
-    accelerator = accelerator or Accelerator(cpu=None)
+    accelerator = accelerator or tracking.make_accelerator(config.report_to, config.output_root)
+    if config.report_to and not getattr(accelerator, "log_with", None):
+        _log.warning("report_to %s is ignored: the Accelerator given has no trackers; build it with "
+                     "nni_bert_tickets.tracking.make_accelerator(config.report_to, config.output_root)", config.report_to)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
     if finished.exists():
@@ -73,11 +78,13 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler), tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
-                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round)
-        pruner.compress()
+                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"),
+                           on_round=_tracked(accelerator, on_round), early_stop=config.early_stop())
+        with tracking.unit_run(accelerator, run_dir.name):
+            pruner.compress()
         results = {"run": config.run_name(), "task": config.task, "model": config.model,
                    "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],
-                   "trajectory": pruner.trajectory}
+                   "steps": sum(r.get("steps") or 0 for r in pruner.trajectory), "trajectory": pruner.trajectory}
         if accelerator.is_main_process:
             atomic_write_text(finished, json.dumps(results, indent=1, default=str))
         _log.info("IMP on %s finished: %s", config.task, finished)
@@ -86,6 +93,16 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def _tracked(accelerator: Accelerator, on_round):
+    """``on_round`` that first logs the level to the open tracker run (x = round)."""
+    def report(record, ticket):
+        tracking.log_values(accelerator, "imp", {"metric": record["metric"], "sparsity": record["sparsity"],
+                                                 "steps": record.get("steps"), **record["metrics"]}, step=record["round"])
+        if on_round is not None:
+            on_round(record, ticket)
+    return report
 
 
 def format_trajectory(results: Dict[str, Any]) -> str:
