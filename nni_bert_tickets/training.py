@@ -134,7 +134,11 @@ class FineTuner:
             acc.load_state(progress["folder"])
             self.step = progress["step"]
             for name, extra in self.checkpoint_extras.items():
-                extra.load_state_dict(load_file(os.path.join(progress["folder"], f"extra-{name}.safetensors")))
+                path = os.path.join(progress["folder"], f"extra-{name}.safetensors")
+                if os.path.isfile(path):
+                    extra.load_state_dict(load_file(path))
+                else:  # a checkpoint written before this state was carried
+                    _log.warning("the step checkpoint has no %s state; it starts afresh", name)
             _log.info("resuming training at step %d of %d from %s", self.step, total, progress["folder"])
         try:
             try:
