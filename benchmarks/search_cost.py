@@ -83,7 +83,7 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb"])
     parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
     parser.add_argument("--data-dir", default="../shared/data/glue")
-    parser.add_argument("--train-samples", type=int, default=2000)
+    parser.add_argument("--train-samples", type=int, default=1000)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=64)

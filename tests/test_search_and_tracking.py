@@ -58,6 +58,10 @@ def test_an_early_stopped_mask_is_the_mask_of_the_weights_where_the_round_stoppe
     assert at < BUDGET
     truncated, _ = _imp(None, target=0.1, max_steps=at)
     assert all(torch.equal(stopped.tickets[1].masks[k], truncated.tickets[1].masks[k]) for k in truncated.tickets[1].masks)
+    full, _ = _imp(None, target=0.1)  # the full round's mask: close to the searched one, not the same
+    searched, trained = (torch.cat([t.masks[k].flatten() for k in sorted(t.masks)]) for t in (stopped.tickets[1],
+                                                                                          full.tickets[1]))
+    assert 0 < mask_distance(searched, trained, torch.ones_like(trained)) < 0.2
 
     never, _ = _imp(EarlyStop(check_every=2, threshold=0.0, patience=1), target=0.2)
     plain, _ = _imp(None, target=0.2)
@@ -66,6 +70,19 @@ def test_an_early_stopped_mask_is_the_mask_of_the_weights_where_the_round_stoppe
     assert not any(r["early_stopped"] for r in never.trajectory) and "early_stopped" not in plain.trajectory[0]
     for a, b in zip(never.tickets, plain.tickets):
         assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+def test_with_theta_i_rewinding_the_first_round_stops_only_after_the_snapshot():
+    model = tiny_bert()
+    pruner = IMPPruner(model, bert_config_list(model, 0.2), toy_evaluator(model, steps=BUDGET, lr=1e-4), step=0.1,
+                       rewind=12, early_stop=EarlyStop(check_every=2, threshold=0.2, patience=2))
+    pruner.compress()
+    first, second = pruner.trajectory[:2]
+    calm_before = [d < 0.2 for step, d in first["mask_checks"] if step < 12]
+    assert len(calm_before) >= 2 and all(calm_before)  # settled by step 6, held back until θ12 was taken
+    assert first["early_stopped"] and first["steps"] == 12
+    assert second["early_stopped"] and second["steps"] < 12  # later rounds stop as soon as the mask settles
+    assert pruner.tickets[-1].rewind == "theta_i:12" and pruner.trajectory[-1]["steps"] == BUDGET
 
 
 def test_mask_distance_and_bad_settings():
