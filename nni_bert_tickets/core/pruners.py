@@ -7,6 +7,7 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import masks as M
+from .early_stop import EarlyStop, RoundWatch
 from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
 from .files import atomic_write, atomic_write_text
 from .imp_state import ResumeState, unwrapped_name
@@ -141,6 +143,9 @@ class IMPPruner(_TicketPruner, ResumeState):
         Called as ``on_round(record, ticket)`` after each round's evaluation (e.g. to report to NNI).
     ticket_meta
         Extra :class:`Ticket` fields for every ticket, e.g. ``{"theta0": "..."}`` when θ0 is not the checkpoint.
+    early_stop
+        An :class:`~.early_stop.EarlyStop`: a round stops once the next mask has settled, unevaluated (``metric``
+        None). The last round always trains fully: every ``metric`` is a fully trained subnetwork's.
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
@@ -148,13 +153,16 @@ class IMPPruner(_TicketPruner, ResumeState):
                  rewind: int | float | None = 0, head: Literal["keep", "rewind", "reinit"] = "keep",
                  seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
                  on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None,
-                 ticket_meta: Optional[Dict[str, Any]] = None, existed_wrappers=None):
+                 ticket_meta: Optional[Dict[str, Any]] = None, early_stop: Optional[EarlyStop] = None,
+                 existed_wrappers=None):
         if evaluator is None:
             raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
         if head not in ("keep", "rewind", "reinit"):
             raise ValueError(f"head must be 'keep', 'rewind' or 'reinit', got {head!r}")
         if rewind is not None and (isinstance(rewind, bool) or rewind < 0 or (isinstance(rewind, float) and rewind >= 1)):
             raise ValueError(f"rewind must be None, a step count >= 0 or a fraction in (0, 1), got {rewind!r}")
+        if not isinstance(early_stop, (EarlyStop, type(None))):
+            raise TypeError(f"early_stop must be None or an EarlyStop, got {type(early_stop).__name__}")
         M.sparsity_schedule(0.5, schedule, step)  # a bad schedule or step fails before the model is wrapped
         super().__init__(model, config_list, evaluator, existed_wrappers)
         try:
@@ -165,7 +173,7 @@ class IMPPruner(_TicketPruner, ResumeState):
         self.levels = [0.0] + M.sparsity_schedule(target, schedule, step)
         self.schedule, self.step, self.rewind, self.head = schedule, step, rewind, head
         self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
-        self.ticket_meta = dict(ticket_meta or {})
+        self.ticket_meta, self.early_stop = dict(ticket_meta or {}), early_stop
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
@@ -185,9 +193,9 @@ class IMPPruner(_TicketPruner, ResumeState):
         for level in range(start, len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             self._seed_everything(level)
-            metric, metrics = self._train_and_evaluate(level, max_steps, max_epochs)
+            metric, metrics, steps = self._train_and_evaluate(level, max_steps, max_epochs)
             record = {"round": level, "sparsity": M.sparsity({k: v["weight"] for k, v in self.get_masks().items()}),
-                      "target_sparsity": self.levels[level], "metric": metric, "metrics": metrics}
+                      "target_sparsity": self.levels[level], "metric": metric, "metrics": metrics, **steps}
             self.trajectory.append(record)
             self.tickets.append(self.ticket(
                 base_weights=self._theta0_prunable, task=self.task,
@@ -202,19 +210,29 @@ class IMPPruner(_TicketPruner, ResumeState):
                 self._rewind_survivors(level)
             self._save(level)
 
-    def _train_and_evaluate(self, level: int, max_steps, max_epochs) -> Tuple[Optional[float], Dict[str, Any]]:
+    def _train_and_evaluate(self, level: int, max_steps, max_epochs):
         evaluator = self.evaluator
         evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
-        if level == 0 and self.rewind and self._rewind_state is None:
-            evaluator.patch_optimizer_step([], [self._snapshot_at(self._rewind_step(max_steps, max_epochs))])
-        evaluator.train(max_steps, max_epochs)
-        result = evaluator.evaluate()
+        snapshot = level == 0 and self.rewind and self._rewind_state is None
+        watch = self._watch(level)
+        evaluator.patch_optimizer_step([], ([self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if snapshot
+                                            else []) + [watch])
+        watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
+        self.bound_model.zero_grad(set_to_none=True)  # a loop cut short mid-step leaves gradients behind
+        result = evaluator.evaluate() if watch.stopped_at is None else None  # a cut-short round is not a verdict
         evaluator.unbind_model()
         if level == 0 and self.rewind and self._rewind_state is None:
             raise RuntimeError(f"the first round ended before step {self.rewind}: cannot rewind to it")
-        if isinstance(result, tuple):
-            return (None if result[0] is None else float(result[0])), dict(result[1] or {})
-        return (None if result is None else float(result)), {}
+        metric, metrics = result if isinstance(result, tuple) else (result, {})
+        return (None if metric is None else float(metric)), dict(metrics or {}), watch.record(bool(self.early_stop))
+
+    def _watch(self, level: int) -> RoundWatch:  # counts steps; with early_stop, stops all rounds but the last
+        current_step = getattr(self.evaluator, "current_step", None)
+        if self.early_stop is None or level + 1 >= len(self.levels):  # the last round trains its ticket fully
+            return RoundWatch(current_step=current_step)
+        return RoundWatch(self.early_stop, lambda: self._masks_by_pool(M.global_magnitude_masks, self.levels[level + 1]),
+                          self._masks_by_pool(lambda w, s, m: m), current_step,
+                          may_stop=lambda: not self.rewind or self._rewind_state is not None)  # θi taken first
 
     # ---- rewinding -----------------------------------------------------------------------------------------
     def _rewind_step(self, max_steps, max_epochs) -> int:
@@ -304,7 +322,8 @@ class IMPPruner(_TicketPruner, ResumeState):
         """What makes the rounds what they are; a resume under other settings is refused."""
         return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
                 "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
-                "base_weights": self._base, "base_body": self._body}
+                "base_weights": self._base, "base_body": self._body,
+                "early_stop": self.early_stop and dataclasses.asdict(self.early_stop)}
 
     def _resume(self) -> int:
         path = os.path.join(self.output_dir or "", _STATE)

@@ -6,9 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from accelerate import Accelerator
-
-from . import nni_trial
+from . import nni_trial, tracking
 from .config import parse_args
 from .imp_run import format_trajectory, run_imp
 from .tables import EXPERIMENTS
@@ -23,7 +21,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
     trial = nni_trial.under_nni()
     if trial:
         config = nni_trial.with_nni_parameters(config)
-    accelerator = Accelerator()
+    accelerator = tracking.make_accelerator(config.report_to, config.output_root)  # report_to: one run per unit
     if config.experiment == "imp":
         report = None
         if trial and accelerator.is_main_process:

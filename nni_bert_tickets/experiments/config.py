@@ -19,7 +19,7 @@ import yaml
 from ..training.loop import TrainConfig
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
-NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep")  # where and how, not what
+NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
@@ -50,6 +50,11 @@ class ExperimentConfig:
     rewind: Optional[float] = 0                 # 0: θ0; int k: step k; float in (0,1): fraction; None: standard
     head: str = "keep"                          # keep | rewind | reinit
     prune_pooler: Optional[bool] = None         # None: where the model has one (the paper); false: leave it out
+    # early-stopped search rounds (early-bird tickets): every N steps the next mask is computed, and a round stops
+    # once it moved less than the threshold at `patience` checks in a row; 0: rounds train fully (the paper)
+    early_stop_every: int = 0
+    early_stop_threshold: float = 0.01          # normalised Hamming distance over the weights a step prunes
+    early_stop_patience: int = 3
     # training (the paper's defaults)
     learning_rate: float = 2e-5
     batch_size: int = 32
@@ -85,8 +90,11 @@ class ExperimentConfig:
     checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
     keep: str = "all"                           # what a finished IMP run keeps: all | tickets (no resume state) | final
     log_level: str = "INFO"
+    report_to: List[str] = dataclasses.field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # report_to: tensorboard in a YAML file
+            self.report_to = [self.report_to]
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # 2 and 2.0 are the same setting, and hash the same
             value = getattr(self, f.name)
@@ -129,6 +137,13 @@ class ExperimentConfig:
     def run_name(self) -> str:
         """The IMP run's directory name: ``imp-<task>-<hash of hashed()>``, the one naming scheme of every unit."""
         return unit_name(f"imp-{self.task}", self.hashed())
+
+    def early_stop(self):
+        """The IMP run's :class:`~.early_stop.EarlyStop`, or None (``early_stop_every: 0``)."""
+        from ..core.early_stop import EarlyStop
+        if not self.early_stop_every:
+            return None
+        return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience)
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
@@ -184,6 +199,16 @@ class ExperimentConfig:
             raise ValueError(f"keep: final deletes the tickets below the target sparsity, which the {self.experiment} "
                              "experiment reads (baselines, retraining, transfer); use keep: tickets, which deletes "
                              "only the resume state")
+        from .tracking import check_trackers
+        check_trackers(self.report_to)
+        if isinstance(self.early_stop_every, bool) or not isinstance(self.early_stop_every, int) \
+                or self.early_stop_every < 0:
+            raise ValueError(f"early_stop_every is a number of steps (0: no early stopping), got "
+                             f"{self.early_stop_every!r}; e.g. early_stop_every: 10")
+        if not self.early_stop_every and (self.early_stop_threshold, self.early_stop_patience) != (0.01, 3):
+            raise ValueError("early_stop_threshold / early_stop_patience are set but early stopping is off; "
+                             "set early_stop_every (e.g. 10) or leave them out")
+        self.early_stop()  # a bad threshold or patience fails here
         if self.prune_pooler not in (None, True, False):
             raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
         levels = self.levels()

@@ -20,6 +20,8 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from . import tracking
+
 from .config import ExperimentConfig
 from ..tasks import get_task
 from ..core.files import atomic_write_text
@@ -62,7 +64,10 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     """Find tickets with IMP for ``config``; returns (and writes) the metrics per round. ``on_round`` is
     passed to :class:`IMPPruner` (called after each round that runs, not for rounds read back from disk)."""
     _check_keep(config.keep)  # not after hours of training
-    accelerator = accelerator or Accelerator(cpu=None)
+    accelerator = accelerator or tracking.make_accelerator(config.report_to, config.output_root)
+    if config.report_to and not getattr(accelerator, "log_with", None):
+        _log.warning("report_to %s is ignored: the Accelerator given has no trackers; build it with "
+                     "nni_bert_tickets.experiments.tracking.make_accelerator(config.report_to, config.output_root)", config.report_to)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
     if finished.exists():
@@ -90,12 +95,14 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, config_list, tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
-                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"), on_round=on_round,
+                           seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"),
+                           on_round=_tracked(accelerator, on_round), early_stop=config.early_stop(),
                            ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)
-        pruner.compress()
+        with tracking.unit_run(accelerator, run_dir.name):
+            pruner.compress()
         results = {"run": config.run_name(), "task": config.task, "model": config.model,
                    "metric": tuner.task.metric, "full_model": pruner.trajectory[0]["metric"],
-                   "trajectory": pruner.trajectory}
+                   "steps": sum(r.get("steps") or 0 for r in pruner.trajectory), "trajectory": pruner.trajectory}
         if accelerator.is_main_process:
             atomic_write_text(finished, json.dumps(results, indent=1, default=str))
             tidy_finished(run_dir / "imp", config.keep, pruner.trajectory)
@@ -138,6 +145,16 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
 def _check_keep(keep: str) -> None:
     if keep not in _KEEP:
         raise ValueError(f"keep must be one of {_KEEP} (what a finished run keeps on disk), got {keep!r}")
+
+
+def _tracked(accelerator: Accelerator, on_round):
+    """``on_round`` that first logs the level to the open tracker run (x = round)."""
+    def report(record, ticket):
+        tracking.log_values(accelerator, "imp", {"metric": record["metric"], "sparsity": record["sparsity"],
+                                                 "steps": record.get("steps"), **record["metrics"]}, step=record["round"])
+        if on_round is not None:
+            on_round(record, ticket)
+    return report
 
 
 def format_trajectory(results: Dict[str, Any]) -> str:

@@ -51,7 +51,10 @@ def with_nni_parameters(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def report_round(record: Dict[str, Any], _ticket=None) -> None:
-    """One IMP round as an intermediate result (``default`` = the task's main metric)."""
+    """One IMP round as an intermediate result (``default`` = the task's main metric); an early-stopped search
+    round has no metric and is not reported."""
+    if record["metric"] is None:
+        return
     nni.report_intermediate_result({"default": record["metric"], "sparsity": record["sparsity"],
                                     "round": record["round"]})
 

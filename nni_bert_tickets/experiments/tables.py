@@ -25,6 +25,7 @@ from ..core.files import atomic_write_text
 from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
+from .tracking import log_values, unit_run
 
 __all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
            "EXPERIMENTS"]
@@ -43,7 +44,9 @@ def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[P
     if main:
         atomic_write_text(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
     _log.info("running %s", run_dir.name)
-    value = compute(run_dir)
+    with unit_run(accelerator, run_dir.name):  # with report_to: this unit's tracker run
+        value = compute(run_dir)
+        log_values(accelerator, "eval", value)
     if main:
         atomic_write_text(result, json.dumps(value, indent=1, default=str))
     return value
@@ -170,11 +173,11 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     rows = []
     for record in imp["trajectory"][1:]:
         level = record["target_sparsity"]
-        if config.head == "rewind":
+        if config.head == "rewind" and record["metric"] is not None:
             row = {"sparsity": level, "imp": record["metric"]}
-        else:
+        else:  # also a level whose round was an early-stopped search (no verdict of its own): trained in full here
             row = {"sparsity": level, "imp": baseline(config, "imp_fresh_head", level, accelerator)["default"],
-                   "imp_carried_head": record["metric"]}
+                   **({"imp_carried_head": record["metric"]} if config.head != "rewind" else {})}
         rows.append({**row, "matching": _matching(row["imp"], full)})
     winners = [r["sparsity"] for r in rows if r["matching"]]
     highest = max(winners) if winners else None
@@ -186,8 +189,9 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
         "baselines": config.baselines, "highest_winning_sparsity": highest,
-        "imp_row": "head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
-        else "IMP mask retrained from θ0 with a fresh head",
+        "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
+                    else "IMP mask retrained from θ0 with a fresh head")
+        + ("; masks from early-stopped search rounds, each retrained in full from θ0" if config.early_stop_every else ""),
         "pruned": "encoder matrices, pooler left out" if config.prune_pooler is False else "the paper's set"})
 
 

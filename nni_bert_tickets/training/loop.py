@@ -20,12 +20,14 @@ import nni
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file, save_file
 from nni.compression import TorchEvaluator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..tasks.data import LengthGroupedBatchSampler
 from ..core.files import atomic_write_text
+from ..core.early_stop import StopTraining
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ class FineTuner:
         self.checkpoint_dir = checkpoint_dir  # where ``train`` keeps its step checkpoint (with checkpoint_steps)
         self.step = 0                         # optimizer steps taken by the current ``train`` call
         self._run_steps: Optional[int] = None  # and the steps it takes in all
+        self.log_offset = 0                    # tracker logs of step s go to step log_offset + s (IMP rounds)
+        # name -> object with state_dict()/load_state_dict() of tensors, saved with every step checkpoint
+        self.checkpoint_extras: Dict[str, Any] = {}
         self.accelerator = accelerator or Accelerator()
         self.train_data = data["train"].remove_columns([c for c in ("length",) if c in data["train"].column_names])
         self.tokenizer = tokenizer
@@ -113,7 +118,9 @@ class FineTuner:
         With ``checkpoint_steps`` and ``checkpoint_dir`` set, the Accelerate state (model, optimizer, scheduler,
         RNGs) is saved every ``checkpoint_steps`` steps, and a call that finds such a checkpoint continues from
         it, replaying the interrupted pass over the data from where it stopped: the same result as a run that
-        was never stopped. The checkpoint is removed once training ends.
+        was never stopped. The checkpoint is removed once training ends. An optimizer-step task that raises
+        :class:`~.early_stop.StopTraining` ends training after that step. With trackers (``Accelerator(log_with=
+        ...)``, an open run) each step logs ``train/loss`` (the main process's batch) and ``train/lr``.
         """
         acc = self.accelerator
         total = self._run_steps = self.num_training_steps(max_steps, max_epochs)
@@ -127,10 +134,20 @@ class FineTuner:
         if progress:
             acc.load_state(progress["folder"])
             self.step = progress["step"]
+            for name, extra in self.checkpoint_extras.items():
+                path = os.path.join(progress["folder"], f"extra-{name}.safetensors")
+                if os.path.isfile(path):
+                    extra.load_state_dict(load_file(path))
+                else:  # a checkpoint written before this state was carried
+                    _log.warning("the step checkpoint has no %s state; it starts afresh", name)
             _log.info("resuming training at step %d of %d from %s", self.step, total, progress["folder"])
         try:
-            self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step, total,
-                       data_seed)
+            try:
+                self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step, total,
+                           data_seed)
+            except StopTraining:  # raised inside optimizer.step: the step is taken, the rest of it is not
+                p_optimizer.zero_grad()
+                _log.info("training stopped at step %d of %d", self.step, total)
             self._clear_checkpoint()
         finally:
             acc.unwrap_model(p_model).eval()
@@ -153,6 +170,9 @@ class FineTuner:
                 if config.max_grad_norm:
                     acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 self.step += 1  # counted before the optimizer step, so step hooks see the step they finish
+                if acc.trackers:  # the LR this step uses
+                    acc.log({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]},
+                            step=self.log_offset + self.step)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -193,6 +213,9 @@ class FineTuner:
         acc.save_state(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
+            for name, extra in self.checkpoint_extras.items():
+                save_file({k: v.contiguous() for k, v in extra.state_dict().items()},
+                          os.path.join(tmp, f"extra-{name}.safetensors"))
             atomic_write_text(os.path.join(tmp, _PROGRESS),  # written last: its presence means complete
                               json.dumps({"step": self.step, "total": total, "data_seed": data_seed}))
             if os.path.isdir(final):
@@ -250,6 +273,8 @@ class FineTuner:
                                    evaluating_func=self.evaluate)
         evaluator.num_training_steps = self.num_training_steps  # lets IMPPruner resolve rewind fractions
         evaluator.current_step = lambda: self.step              # and count steps across a resumed round
+        evaluator.checkpoint_extras = self.checkpoint_extras     # step checkpoints carry its early-stop watch
+        evaluator.set_log_offset = lambda n: setattr(self, "log_offset", n)  # tracker steps across its rounds
         return evaluator
 
     def fit(self, model) -> Dict[str, Any]:
