@@ -157,6 +157,6 @@ def test_learning_rate_decays_to_zero_over_the_steps_actually_trained(tmp_path, 
     config = _config(tmp_path, minilm_path, glue_dir, max_steps=None, epochs=3)
     model, tuner = prepare(config)
     assert tuner.num_training_steps() == 9
-    optimizer, scheduler = tuner._optimizer_and_scheduler(model, traced=False)
+    optimizer, scheduler = tuner.optimizer_and_scheduler(model)
     tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=4)
-    assert tuner.step == 4 and scheduler.get_last_lr()[0] == 0.0
+    assert tuner.optimizer_steps == 4 and scheduler.get_last_lr()[0] == 0.0

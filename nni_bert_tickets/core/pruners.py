@@ -7,8 +7,6 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import random
@@ -20,22 +18,18 @@ import torch
 from nni.compression.base.compressor import Pruner
 from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 from nni.compression.utils.evaluator import Evaluator
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import masks as M
 from .early_stop import EarlyStop, RoundWatch
 from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
-from .files import atomic_write, atomic_write_text
-from .imp_state import ResumeState, unwrapped_name
+from .files import atomic_write
+from .imp_state import THETA_I_FILE, ResumeState, is_main_process, unwrapped_name
 from .ticket import Ticket, model_name, fingerprint, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
 _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
-_STATE = "imp_state.safetensors"  # the model, masks, rewind point and trajectory after the last round (imp_state.py)
-_THETA_I = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
-_SETTINGS_0_1 = ("levels", "schedule", "step", "rewind", "head", "seed")  # what version 0.1.0 recorded
 
 
 class _TicketPruner(Pruner):
@@ -257,9 +251,9 @@ class IMPPruner(_TicketPruner, ResumeState):
             # >=: a step skipped by a mixed-precision scaler runs no task; the first one after it snapshots
             if (current() if current is not None else counter["steps"]) >= step and self._rewind_state is None:
                 self._rewind_state = self._state()
-                if self.output_dir and _is_main_process():  # a round 0 resumed past `step` still needs it
+                if self.output_dir and is_main_process():  # a round 0 resumed past `step` still needs it
                     snapshot = {k: v.contiguous() for k, v in self._rewind_state.items()}
-                    atomic_write(os.path.join(self.output_dir, _THETA_I), lambda tmp: save_file(snapshot, tmp))
+                    atomic_write(os.path.join(self.output_dir, THETA_I_FILE), lambda tmp: save_file(snapshot, tmp))
         return task
 
     def _rewind_survivors(self, level: int) -> None:
@@ -298,84 +292,6 @@ class IMPPruner(_TicketPruner, ResumeState):
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    # ---- resumable output ----------------------------------------------------------------------------------
-    def _save(self, level: int) -> None:
-        if not self.output_dir:
-            return
-        os.makedirs(self.output_dir, exist_ok=True)
-        # a θi ticket's rewind weights are the whole body: only the final ticket's file carries them
-        self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"),
-                              include_weights=level == len(self.levels) - 1)
-        state, header = self._state_tensors(final=level == len(self.levels) - 1)
-        # the trajectory rides in the state file's header: one atomic write holds both, so a kill cannot leave
-        # a state of one round beside the trajectory of another
-        header.update(trajectory=json.dumps(self.trajectory, default=str), settings=json.dumps(self._settings()))
-        atomic_write(os.path.join(self.output_dir, _STATE), lambda tmp: save_file(state, tmp, metadata=header))
-        atomic_write_text(os.path.join(self.output_dir, "trajectory.json"),  # a readable copy
-                          json.dumps(self.trajectory, indent=1, default=str))
-        try:  # the state file holds θi from now on
-            os.remove(os.path.join(self.output_dir, _THETA_I))
-        except FileNotFoundError:  # none taken, or another data-parallel rank removed it first
-            pass
-
-    def _settings(self) -> Dict[str, Any]:
-        """What makes the rounds what they are; a resume under other settings is refused."""
-        return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
-                "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
-                "base_weights": self._base, "base_body": self._body,
-                "early_stop": self.early_stop and dataclasses.asdict(self.early_stop)}
-
-    def _resume(self) -> int:
-        path = os.path.join(self.output_dir or "", _STATE)
-
-        def read(file: str, reader: Callable[[], Any]) -> Any:
-            """``reader()``; a truncated or corrupt file is named, with the way to restart the run."""
-            try:
-                return reader()
-            except Exception as err:  # safetensors, JSON and ticket errors differ in type; all mean unreadable
-                raise ValueError(
-                    f"cannot resume the IMP run in {self.output_dir}: {file} is unreadable (truncated or corrupt: "
-                    f"{type(err).__name__}: {err}). Delete the folder {self.output_dir} (the run's imp/ folder) "
-                    "to restart the run from its first round") from err
-
-        if not self.output_dir or not os.path.exists(path):
-            theta_i = os.path.join(self.output_dir or "", _THETA_I)
-            if self.output_dir and self.rewind and os.path.exists(theta_i):  # killed in round 0
-                self._rewind_state = read(theta_i, lambda: load_file(theta_i))
-            return 0
-
-        def metadata() -> Dict[str, str]:
-            with safe_open(path, framework="pt") as f:
-                return f.metadata() or {}
-
-        def trajectory_copy() -> List[Dict[str, Any]]:
-            with open(os.path.join(self.output_dir, "trajectory.json")) as f:
-                return json.load(f)
-        header = read(path, metadata)
-        if "settings" in header:
-            saved = read(path, lambda: json.loads(header["settings"]))
-            now = json.loads(json.dumps(self._settings()))
-            # files from before the task, the pruned set and the base weights were recorded lack those keys
-            differ = sorted(k for k in now if (k in saved or k in _SETTINGS_0_1) and saved.get(k) != now[k])
-            if set(differ) & {"base_weights", "base_body"}:
-                raise ValueError(self._changed_base(differ, header))
-            if differ:
-                shown = {k: saved.get(k) for k in differ if k not in ("pruned", "base_weights")}
-                raise ValueError(
-                    f"{self.output_dir} holds an IMP run with other settings ({', '.join(differ)} differ"
-                    + (f"; it has {shown}" if shown else "") + "): another task, model, pruned set or schedule. "
-                    "Use another output_dir, or the same settings to resume it")
-            self.trajectory = read(path, lambda: list(json.loads(header["trajectory"])))
-        else:  # written by version 0.1.0 before the trajectory moved into the header
-            _log.warning("%s is in the older resume format: its settings cannot be checked", path)
-            self.trajectory = read(os.path.join(self.output_dir, "trajectory.json"), trajectory_copy)
-        state = read(path, lambda: load_file(path))
-        self._restore_state(state, header)
-        files = [os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors") for r in self.trajectory]
-        self.tickets = [read(file, lambda file=file: Ticket.load(file)) for file in files]
-        _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
-        return len(self.trajectory)
-
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
 
@@ -405,8 +321,3 @@ def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str
             targets = [t for t in config.get("target_names", ["weight"]) if t != "weight"]
             if targets:
                 raise ValueError(f"{who}: config_list[{i}] targets {targets}; tickets prune weights only")
-
-
-def _is_main_process() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() \
-        or torch.distributed.get_rank() == 0

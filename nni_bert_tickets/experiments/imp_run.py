@@ -25,7 +25,8 @@ from . import tracking
 from .config import ExperimentConfig
 from ..tasks import get_task
 from ..core.files import atomic_write_text
-from ..core.pruners import _STATE, _THETA_I, IMPPruner
+from ..core.imp_state import STATE_FILE, THETA_I_FILE
+from ..core.pruners import IMPPruner
 from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
@@ -124,7 +125,7 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
     _check_keep(keep)
     if keep == "all" or not imp_dir.is_dir():
         return []
-    doomed = [imp_dir / _STATE, imp_dir / _THETA_I, *sorted(imp_dir.glob("step-checkpoint*"))]
+    doomed = [imp_dir / STATE_FILE, imp_dir / THETA_I_FILE, *sorted(imp_dir.glob("step-checkpoint*"))]
     if keep == "final":
         last = trajectory[-1]["round"]
         doomed += [imp_dir / f"ticket-round{r['round']:02d}.safetensors" for r in trajectory if r["round"] != last]

@@ -7,13 +7,11 @@ matched accuracy (MNLI), accuracy elsewhere; F1 is reported beside accuracy for 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 

@@ -123,7 +123,7 @@ def warm_up_head(model, tuner, config, root) -> str:
     tuner.checkpoint_dir, tuner.config.learning_rate = None, config.mlm_head_warmup_lr
     try:
         set_seed(config.seed)
-        optimizer, scheduler = tuner._optimizer_and_scheduler(model, traced=False)
+        optimizer, scheduler = tuner.optimizer_and_scheduler(model)
         tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=steps)
     finally:
         tuner.checkpoint_dir, tuner.config.learning_rate = checkpoint_dir, lr

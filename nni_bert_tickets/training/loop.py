@@ -1,4 +1,5 @@
-"""One fine-tuning loop, on Accelerate, and the NNI evaluator built on it.
+"""The one fine-tuning loop, on Accelerate (its step checkpoints: :mod:`.checkpoints`; the NNI evaluator over it:
+:mod:`.evaluator`).
 
 :class:`FineTuner` owns the data and the loop. ``FineTuner.train`` has the signature NNI's ``TorchEvaluator``
 expects of a ``training_func``; :meth:`FineTuner.evaluator` wraps it so ``IMPPruner`` drives it, and
@@ -7,12 +8,9 @@ AdamW lr 2e-5, batch 32, 3 epochs, linear decay to 0, no warm-up, gradient clipp
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -20,18 +18,17 @@ import nni
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from nni.compression import TorchEvaluator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..tasks.data import LengthGroupedBatchSampler
-from ..core.files import atomic_write_text
 from ..core.early_stop import StopTraining
+from ..tasks.data import LengthGroupedBatchSampler
+from .checkpoints import clear_checkpoint, read_progress, save_checkpoint
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
-_PROGRESS = "progress.json"
 
 
 @dataclass
@@ -75,7 +72,7 @@ class FineTuner:
                  accelerator: Optional[Accelerator] = None, checkpoint_dir: Optional[str] = None):
         self.task, self.config = task, config
         self.checkpoint_dir = checkpoint_dir  # where ``train`` keeps its step checkpoint (with checkpoint_steps)
-        self.step = 0                         # optimizer steps taken by the current ``train`` call
+        self.optimizer_steps = 0              # optimizer steps taken by the current ``train`` call
         self._run_steps: Optional[int] = None  # and the steps it takes in all
         self.log_offset = 0                    # tracker logs of step s go to step log_offset + s (IMP rounds)
         # name -> object with state_dict()/load_state_dict() of tensors, saved with every step checkpoint
@@ -124,43 +121,43 @@ class FineTuner:
         """
         acc = self.accelerator
         total = self._run_steps = self.num_training_steps(max_steps, max_epochs)
-        progress = self._checkpoint_progress(total)
+        progress = read_progress(self.checkpoint_dir, total)
         data_seed = progress["data_seed"] if progress else broadcast_object_list([_draw_seed()])[0]
         loader = self.train_loader(data_seed)
         prepared = acc.prepare(model, optimizer, loader, *([lr_scheduler] if lr_scheduler else []))
         p_model, p_optimizer, p_loader = prepared[:3]
         p_scheduler = prepared[3] if lr_scheduler else None
-        self.step = 0
+        self.optimizer_steps = 0
         if progress:
             acc.load_state(progress["folder"])
-            self.step = progress["step"]
+            self.optimizer_steps = progress["step"]
             for name, extra in self.checkpoint_extras.items():
                 path = os.path.join(progress["folder"], f"extra-{name}.safetensors")
                 if os.path.isfile(path):
                     extra.load_state_dict(load_file(path))
                 else:  # a checkpoint written before this state was carried
                     _log.warning("the step checkpoint has no %s state; it starts afresh", name)
-            _log.info("resuming training at step %d of %d from %s", self.step, total, progress["folder"])
+            _log.info("resuming training at step %d of %d from %s", self.optimizer_steps, total, progress["folder"])
         try:
             try:
                 self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step, total,
                            data_seed)
             except StopTraining:  # raised inside optimizer.step: the step is taken, the rest of it is not
                 p_optimizer.zero_grad()
-                _log.info("training stopped at step %d of %d", self.step, total)
-            self._clear_checkpoint()
+                _log.info("training stopped at step %d of %d", self.optimizer_steps, total)
+            clear_checkpoint(self.accelerator, self.checkpoint_dir)
         finally:
             acc.unwrap_model(p_model).eval()
             acc.free_memory()  # the Accelerator holds no stale model, optimizer or loader
 
     def _loop(self, model, optimizer, loader, sampler, scheduler, training_step, total: int, data_seed: int) -> None:
-        """Optimizer steps from ``self.step`` to ``total``; pass k over the data is ordered by ``data_seed + k``
+        """Optimizer steps from ``self.optimizer_steps`` to ``total``; pass k over the data is ordered by ``data_seed + k``
         (``sampler`` is the batch sampler that the prepared ``loader`` wraps, or shards over processes)."""
         acc, config = self.accelerator, self.config
         model.train()
-        bar = tqdm(total=total, initial=self.step, desc="train", disable=not acc.is_local_main_process, leave=False)
-        while self.step < total:
-            data_pass, done = divmod(self.step, len(loader))
+        bar = tqdm(total=total, initial=self.optimizer_steps, desc="train", disable=not acc.is_local_main_process, leave=False)
+        while self.optimizer_steps < total:
+            data_pass, done = divmod(self.optimizer_steps, len(loader))
             sampler.reseed(data_pass)
             if hasattr(self.collate, "reseed"):  # a collator that draws (MLM masking) draws per pass too
                 self.collate.reseed(data_seed + data_pass)
@@ -169,69 +166,23 @@ class FineTuner:
                 acc.backward(loss)
                 if config.max_grad_norm:
                     acc.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                self.step += 1  # counted before the optimizer step, so step hooks see the step they finish
+                self.optimizer_steps += 1  # counted before the optimizer step, so step hooks see the step they finish
                 if acc.trackers:  # the LR this step uses
                     acc.log({"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"]},
-                            step=self.log_offset + self.step)
+                            step=self.log_offset + self.optimizer_steps)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 optimizer.zero_grad()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if config.checkpoint_steps and self.checkpoint_dir and self.step % config.checkpoint_steps == 0 \
-                        and self.step < total:
-                    self._save_checkpoint(total, data_seed)
-                if self.step >= total:
+                if config.checkpoint_steps and self.checkpoint_dir and self.optimizer_steps % config.checkpoint_steps == 0 \
+                        and self.optimizer_steps < total:
+                    save_checkpoint(self.accelerator, self.checkpoint_dir,
+                                    {"step": self.optimizer_steps, "total": total, "data_seed": data_seed}, self.checkpoint_extras)
+                if self.optimizer_steps >= total:
                     break
         bar.close()
-
-    # ---- step checkpoints ---------------------------------------------------------------------------------
-    def _checkpoint_progress(self, total: int) -> Optional[Dict[str, Any]]:
-        """The saved progress (``step``, ``data_seed``, ``folder``) of this run's checkpoint, if there is one."""
-        if not self.checkpoint_dir:
-            return None
-        # `.old` holds the previous checkpoint only while a newer one is being swapped in (a kill right then)
-        for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.old"):
-            path = os.path.join(folder, _PROGRESS)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    progress = json.load(f)
-                if progress.get("total") == total:
-                    return {**progress, "folder": folder}
-                _log.warning("ignoring the step checkpoint in %s: it is for a run of %s steps, not %d",
-                             folder, progress.get("total"), total)
-        return None
-
-    def _save_checkpoint(self, total: int, data_seed: int) -> None:
-        """Save into a temporary folder, then swap it in: a kill at any point leaves a whole checkpoint."""
-        acc, final = self.accelerator, self.checkpoint_dir
-        tmp, old = f"{final}.tmp", f"{final}.old"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(tmp)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            for name, extra in self.checkpoint_extras.items():
-                save_file({k: v.contiguous() for k, v in extra.state_dict().items()},
-                          os.path.join(tmp, f"extra-{name}.safetensors"))
-            atomic_write_text(os.path.join(tmp, _PROGRESS),  # written last: its presence means complete
-                              json.dumps({"step": self.step, "total": total, "data_seed": data_seed}))
-            if os.path.isdir(final):
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-
-    def _clear_checkpoint(self) -> None:
-        if self.checkpoint_dir and self.accelerator.is_main_process:
-            for folder in (self.checkpoint_dir, f"{self.checkpoint_dir}.old", f"{self.checkpoint_dir}.tmp"):
-                with contextlib.suppress(FileNotFoundError):  # first, so a half-deleted folder is never used
-                    os.remove(os.path.join(folder, _PROGRESS))
-                shutil.rmtree(folder, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
 
     @staticmethod
     def training_step(batch: Dict[str, torch.Tensor], model) -> torch.Tensor:
@@ -250,7 +201,8 @@ class FineTuner:
                     disable=not self.accelerator.is_local_main_process)
 
     # ---- NNI and direct use -------------------------------------------------------------------------------
-    def _optimizer_and_scheduler(self, model, traced: bool):
+    def optimizer_and_scheduler(self, model, traced: bool = False):
+        """AdamW (no decay on biases and LayerNorm) and the linear-decay schedule; ``traced`` for NNI."""
         wrap = nni.trace if traced else (lambda cls: cls)
         no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
         named = list(model.named_parameters())
@@ -267,18 +219,12 @@ class FineTuner:
         return optimizer, scheduler
 
     def evaluator(self, model) -> TorchEvaluator:
-        """An NNI ``TorchEvaluator`` over this loop, with traced AdamW and linear-decay scheduler."""
-        optimizer, scheduler = self._optimizer_and_scheduler(model, traced=True)
-        evaluator = TorchEvaluator(self.train, optimizer, self.training_step, scheduler,
-                                   evaluating_func=self.evaluate)
-        evaluator.num_training_steps = self.num_training_steps  # lets IMPPruner resolve rewind fractions
-        evaluator.current_step = lambda: self.step              # and count steps across a resumed round
-        evaluator.checkpoint_extras = self.checkpoint_extras     # step checkpoints carry its early-stop watch
-        evaluator.set_log_offset = lambda n: setattr(self, "log_offset", n)  # tracker steps across its rounds
-        return evaluator
+        """An NNI ``TorchEvaluator`` over this loop (see :func:`~nni_bert_tickets.training.evaluator.nni_evaluator`)."""
+        from .evaluator import nni_evaluator
+        return nni_evaluator(self, model)
 
     def fit(self, model) -> Dict[str, Any]:
         """Fine-tune ``model`` with a fresh optimizer and schedule, then evaluate it."""
-        optimizer, scheduler = self._optimizer_and_scheduler(model, traced=False)
+        optimizer, scheduler = self.optimizer_and_scheduler(model)
         self.train(model, optimizer, self.training_step, scheduler)
         return self.evaluate(model)
