@@ -75,3 +75,17 @@ def glue_dir():
     if not GLUE.is_dir():
         pytest.fail(f"GLUE data missing at {GLUE}: tests need ../shared beside the checkout")
     return str(GLUE)
+
+
+def kill_training_at_call(monkeypatch, n: int):
+    """Make the ``n``-th ``FineTuner.train`` call raise KeyboardInterrupt (a simulated kill); returns the original."""
+    from nni_bert_tickets.training import FineTuner
+    original, calls = FineTuner.train, []
+
+    def killed(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(FineTuner, "train", killed)
+    return original

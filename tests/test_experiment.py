@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import kill_training_at_call
 import torch
 
 from nni_bert_tickets.experiments.config import ExperimentConfig
@@ -32,14 +34,7 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
 
     config = _config(tmp_path / "b", minilm_path, glue_dir, keep="tickets")  # not part of the run's name
     assert config.run_name() == _config(tmp_path, minilm_path, glue_dir).run_name()
-    original, calls = FineTuner.train, []
-
-    def killed_in_round_two(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(FineTuner, "train", killed_in_round_two)
+    original = kill_training_at_call(monkeypatch, 3)  # killed in round two
     with pytest.raises(KeyboardInterrupt):
         run_imp(config)
     run_dir = tmp_path / "b" / config.run_name()

@@ -9,6 +9,8 @@ from pathlib import Path
 import nni.runtime.trial_command_channel as channels
 import nni.trial
 import pytest
+
+from conftest import kill_training_at_call
 from nni.runtime.trial_command_channel import TrialCommandChannel, set_default_trial_command_channel
 
 from nni_bert_tickets.experiments import cli
@@ -72,14 +74,8 @@ def test_every_round_is_reported_once_and_in_order_fresh_resumed_or_finished(tmp
     again, (final_again,) = trial(argv, {"seed": 5})               # nothing trains, every round is reported
     assert again == rounds and final_again == final
 
-    calls = []
-
-    def killed_in_round_two(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(FineTuner, "train", killed_in_round_two)
+    monkeypatch.setattr(FineTuner, "train", original)
+    kill_training_at_call(monkeypatch, 3)  # killed in round two
     with pytest.raises(KeyboardInterrupt):
         trial(argv, {"seed": 6})
     monkeypatch.setattr(FineTuner, "train", original)
