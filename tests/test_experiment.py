@@ -155,3 +155,26 @@ def test_learning_rate_decays_to_zero_over_the_steps_actually_trained(tmp_path, 
     optimizer, scheduler = tuner.optimizer_and_scheduler(model)
     tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=4)
     assert tuner.optimizer_steps == 4 and scheduler.get_last_lr()[0] == 0.0
+
+
+def test_a_lower_target_reads_the_first_rounds_of_a_finished_longer_run(tmp_path, minilm_path, glue_dir, monkeypatch):
+    from nni_bert_tickets.experiments.imp_run import longer_run
+    from nni_bert_tickets.experiments.tables import imp_ticket
+    longer = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, target_sparsity=0.2))
+    fresh = run_imp(_config(tmp_path / "b", minilm_path, glue_dir, target_sparsity=0.1))  # the independent reference
+    shorter = _config(tmp_path / "a", minilm_path, glue_dir, target_sparsity=0.1)
+    assert shorter.run_name() != longer["run"]
+    assert longer_run(dataclasses.replace(shorter, learning_rate=2e-4)) is None  # other settings: not the same run
+    assert longer_run(dataclasses.replace(shorter, target_sparsity=0.3)) is None  # past where it stopped
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("rounds a finished longer run holds were trained again")
+    monkeypatch.setattr(FineTuner, "train", must_not_train)
+    reused = run_imp(shorter)
+    assert reused["run"] == reused["reused_from"] == longer["run"]
+    assert [r["metrics"] for r in reused["trajectory"]] == [r["metrics"] for r in fresh["trajectory"]]
+    assert [r["target_sparsity"] for r in reused["trajectory"]] == [0.0, 0.1]
+    a = imp_ticket(shorter, 0.1)
+    b = Ticket.load(tmp_path / "b" / fresh["run"] / "imp" / "ticket-round01.safetensors")
+    assert a.masks.keys() == b.masks.keys() and all((a.masks[k] == b.masks[k]).all() for k in a.masks)
+    assert not (tmp_path / "a" / shorter.run_name()).exists()  # nothing written for the shorter run

@@ -31,7 +31,7 @@ from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
 
-__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished"]
+__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run"]
 _log = logging.getLogger(__name__)
 _KEEP = ("all", "tickets", "final")
 
@@ -77,6 +77,15 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
         if accelerator.is_main_process:  # a tidy-up cut short, or a finished run now kept smaller
             tidy_finished(run_dir / "imp", config.keep, results["trajectory"])
         return results
+    longer = None if run_dir.exists() else longer_run(config)
+    if longer is not None:  # IMP's first rounds do not depend on where it stops: read them, train nothing
+        results = json.loads((longer / "metrics.json").read_text())
+        trajectory = results["trajectory"][:len(config.levels())]
+        _log.info("IMP on %s to %.0f%%: the first %d rounds of the finished run %s (same settings, target %.0f%%) "
+                  "are this run's rounds; nothing to train", config.task, 100 * config.target_sparsity,
+                  len(trajectory), longer.name, 100 * results["trajectory"][-1]["target_sparsity"])
+        return {**results, "trajectory": trajectory, "run": longer.name, "reused_from": longer.name,
+                "steps": sum(r.get("steps") or 0 for r in trajectory)}
     early = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
     logging.getLogger().addHandler(early)  # what loading says reaches log.txt once the run dir exists
     try:
@@ -113,6 +122,39 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def imp_run_dir(config: ExperimentConfig) -> Path:
+    """The directory of ``config``'s IMP run: its own, or else a finished run it is a prefix of (see
+    :func:`longer_run`)."""
+    own = Path(config.output_root) / config.run_name()
+    return own if own.exists() else (longer_run(config) or own)
+
+
+def longer_run(config: ExperimentConfig) -> Optional[Path]:
+    """A finished IMP run under ``config.output_root`` with the same settings but a higher target, whose levels
+    begin with all of ``config``'s and which kept the ticket of ``config``'s last level; or None.
+
+    Each IMP round depends only on the rounds before it (its seed is ``seed*1000 + round``), never on where
+    the run will stop, so such a run's first rounds are exactly the rounds ``config`` would train (Table 3's
+    θ0 row at the matching sparsity is then Table 2's IMP run, read back)."""
+    levels = config.levels()
+    for candidate in sorted(Path(config.output_root).glob(f"imp-{config.task}-*")):
+        if not (candidate / "metrics.json").exists() or not (candidate / "config.yaml").exists():
+            continue
+        try:
+            other = ExperimentConfig(**yaml.safe_load((candidate / "config.yaml").read_text()))
+        except (TypeError, ValueError, yaml.YAMLError):
+            continue
+        if (other.target_sparsity <= config.target_sparsity
+                or dataclasses.replace(other, target_sparsity=config.target_sparsity).hashed() != config.hashed()):
+            continue
+        done = json.loads((candidate / "metrics.json").read_text())["trajectory"]
+        reached = [r["target_sparsity"] for r in done][:len(levels)]
+        if len(reached) == len(levels) and all(abs(a - b) < 1e-9 for a, b in zip(reached, levels)) and \
+                (candidate / "imp" / f"ticket-round{done[len(levels) - 1]['round']:02d}.safetensors").exists():
+            return candidate
+    return None
 
 
 def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) -> List[str]:

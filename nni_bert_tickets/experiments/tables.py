@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 
 from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
 from .config import ExperimentConfig, load_yaml, unit_name
-from .imp_run import prepare, run_imp
+from .imp_run import imp_run_dir, prepare, run_imp
 from ..core.files import atomic_write_text
 from ..core.targets import prunable_modules
 from ..tasks import get_task
@@ -66,7 +66,7 @@ def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accele
 
 def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     """The ticket at ``sparsity`` from the IMP run of ``config`` (which must have passed that level)."""
-    run_dir = Path(config.output_root) / config.run_name()
+    run_dir = imp_run_dir(config)
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
