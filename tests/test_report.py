@@ -74,3 +74,16 @@ def test_report_shows_squad_percentages_as_they_are_and_fractions_times_100(root
     assert numbers and max(numbers) <= 100  # no F1 of 8,800
     for png in ("table3.png", "transfer.png", "table2-squad.png"):
         assert (root / "out" / png).stat().st_size > 5000
+
+
+def test_every_metric_of_each_imp_level_is_listed_as_returned(root):
+    squad = {**_table2("squad", SQUAD), "imp_run": "imp-squad-x",
+             "imp_trajectory": [{"sparsity": 0.0, "exact_match": 80.5, "f1": 88.25},
+                                {"sparsity": 0.4, "exact_match": 79.25, "f1": 87.75}]}
+    (root / "tables" / "table2-squad.json").write_text(json.dumps(squad))
+    text = report.render(root).read_text()
+    assert "### squad: the IMP run (imp-squad-x), every metric per level" in text
+    section = text.split("(imp-squad-x), every metric per level", 1)[1].split("\n\n#", 1)[0]
+    assert "| sparsity | exact_match | f1 |" in section
+    assert _row(section, "40%") == ["79.25", "87.75"] and _row(section, "0%") == ["80.5", "88.25"]
+    assert not (root / "report" / "imp-squad.png").exists()  # Table 2 runs already have their plot

@@ -75,3 +75,18 @@ def test_mlm_head_is_warmed_with_the_body_frozen_cached_and_named_in_the_tickets
     assert all(step is None for step in calls)  # IMP rounds only, no second warm-up
     ticket = Ticket.load(tmp_path / results["run"] / "imp" / "ticket-round01.safetensors")
     assert ticket.theta0 == tuner.theta0 and ticket.task == "mlm"
+
+    # what `examples/mlm.py --config ...` does with the finished run: no training, the per-level table and the report
+    import yaml
+    from nni_bert_tickets.experiments import cli, report
+    path = tmp_path / "mlm.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in config.__dict__.items() if v is not None}))
+    monkeypatch.setattr(FineTuner, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    cli.main(["--config", str(path)], default_task="mlm")
+    saved = __import__("json").loads((tmp_path / "tables" / "imp-mlm.json").read_text())
+    assert saved["theta0"] == tuner.theta0
+    assert [lv["sparsity"] for lv in saved["imp_trajectory"]] == [r["target_sparsity"] for r in results["trajectory"]]
+    assert all(lv["perplexity"] == pytest.approx(torch.tensor(lv["loss"]).exp().item()) for lv in saved["imp_trajectory"])
+    text = report.render(tmp_path).read_text()
+    assert "every metric per level" in text and "perplexity" in text and tuner.theta0 in text
+    assert (tmp_path / "report" / "imp-mlm.png").exists()

@@ -85,6 +85,7 @@ def test_mlm_blocks_and_deterministic_masked_evaluation(minilm_path):
     assert 0.08 < (labels != -100).mean() < 0.22  # ~15 % of the tokens are masked
     first, second = tuner.evaluate(model), tuner.evaluate(model)
     assert first == second and 0 <= first["accuracy"] <= 1 and first["masked_tokens"] == (labels != -100).sum()
+    assert first["perplexity"] == pytest.approx(np.exp(first["loss"]))  # perplexity = exp(mean masked-token loss)
     _, again = prepare(config)
     assert again.eval_data["validation"]["labels"] == tuner.eval_data["validation"]["labels"]
     assert get_task("mlm").eval_splits == ("validation",)

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 from . import nni_trial, tracking
 from .config import parse_args
 from .imp_run import format_trajectory, run_imp
-from .tables import EXPERIMENTS
+from .tables import EXPERIMENTS, save_imp
 
 __all__ = ["main"]
 
@@ -30,6 +30,8 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
         if report is not None:
             report.finish(results["trajectory"])
             nni_trial.report_final(results)
+        if accelerator.is_main_process:
+            save_imp(config, results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
     else:
         results = EXPERIMENTS[config.experiment](config, accelerator)

@@ -4,7 +4,8 @@
 
 Reads ``<root>/tables/*.json`` written by :mod:`nni_bert_tickets.experiments.tables` and writes ``report.md`` plus
 ``table2-<task>.png`` (metric vs sparsity with the baselines and the full model's ±1 std band),
-``table3.png`` (rewinding bars) and ``transfer.png`` (the transfer heatmap).
+``table3.png`` (rewinding bars), ``transfer.png`` (the transfer heatmap) and, for IMP-only runs
+(``experiment: imp``, e.g. MLM), ``imp-<task>.png``; every IMP run's levels are listed with every metric.
 """
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def table2_plot(result: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def trajectory_markdown(result: Dict[str, Any]) -> str:
+    """Every metric the task's evaluation returned at each IMP level, as it returned them (not scaled)."""
+    levels = result["imp_trajectory"]
+    keys = [k for k in levels[0] if k != "sparsity"]
+    title = f"### {result['task']}: the IMP run ({result['imp_run']}), every metric per level"
+    note = [f"θ0: {result['theta0']}", ""] if result.get("theta0") else []
+    out = [title, "", *note, "| sparsity | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for level in levels:
+        out.append(f"| {100 * level['sparsity']:.0f}% | " + " | ".join(
+            "–" if level.get(k) is None else f"{level[k]:.4g}" for k in keys) + " |")
+    return "\n".join(out)
+
+
+def trajectory_plot(result: Dict[str, Any], path: Path) -> None:
+    levels, metric = result["imp_trajectory"], result["metric"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([100 * r["sparsity"] for r in levels], [r.get(metric) for r in levels], "o-", label=LABELS["imp"])
+    ax.set(xlabel="sparsity (%)", ylabel=metric, title=f"{result['task']}: IMP tickets")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def table3_markdown(results: List[Dict[str, Any]]) -> str:
     tasks = [r["task"] for r in results]
     scales = [_scale(t) for t in tasks]
@@ -194,6 +219,14 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         for r in t2:
             table2_plot(r, out / f"table2-{r['task']}.png")
             sections.append(f"![{r['task']}](table2-{r['task']}.png)")
+    with_levels = [r for r in results if r["experiment"] in ("table2", "imp") and r.get("imp_trajectory")]
+    if with_levels:
+        sections.append("## IMP runs: every metric per level")
+    for r in with_levels:
+        sections.append(trajectory_markdown(r))
+        if r["experiment"] == "imp":
+            trajectory_plot(r, out / f"imp-{r['task']}.png")
+            sections.append(f"![{r['task']}](imp-{r['task']}.png)")
     t3 = [r for r in results if r["experiment"] == "table3"]
     if t3:
         sections.append(table3_markdown(t3))

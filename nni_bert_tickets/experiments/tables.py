@@ -28,7 +28,7 @@ from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
 
 __all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
-           "EXPERIMENTS"]
+           "every_metric", "save_imp", "EXPERIMENTS"]
 _log = logging.getLogger(__name__)
 
 
@@ -188,6 +188,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
                 row[kind] = baseline(config, kind, row["sparsity"], accelerator)["default"]
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
+        "imp_trajectory": every_metric(imp["trajectory"]),
         "baselines": config.baselines, "highest_winning_sparsity": highest,
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")
@@ -282,6 +283,21 @@ def _transfer_source(config: ExperimentConfig, source: str, per_task: Dict[str, 
             config, task=source, data_dir=config.mlm_data_dir if source == "mlm" else config.data_dir)
     run_imp(found, accelerator)
     return found.task, imp_ticket(found, config.transfer_sparsity), found.run_name()
+
+
+def every_metric(trajectory: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Each IMP level with every metric its evaluation returned (e.g. SQuAD's EM and F1, MLM's perplexity)."""
+    return [{"sparsity": r["target_sparsity"], **{k: v for k, v in r["metrics"].items() if k != "default"}}
+            for r in trajectory]
+
+
+def save_imp(config: ExperimentConfig, results: Dict[str, Any]) -> Dict[str, Any]:
+    """``tables/imp-<task>.json``: an IMP run's trajectory with every metric, for the report (``experiment: imp``)."""
+    last = results["trajectory"][-1]["round"]
+    theta0 = Ticket.load(imp_run_dir(config) / "imp" / f"ticket-round{last:02d}.safetensors").theta0
+    return _save(config, "imp", {"task": config.task, "metric": results["metric"], "imp_run": results["run"],
+                                 "imp_trajectory": every_metric(results["trajectory"]),
+                                 **({"theta0": theta0} if theta0 else {})})
 
 
 def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ The evaluation split is masked once with a fixed seed, so its masked-token accur
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ class MLMTask:
             hits = (logits.argmax(-1)[picked] == labels[picked]).sum()
             stats = tuner.accelerator.reduce(torch.stack([hits.float(), picked.sum().float(), loss]), "sum")
             correct, total, loss_sum = correct + stats[0].item(), total + stats[1].item(), loss_sum + stats[2].item()
-        accuracy = correct / max(total, 1)
-        return {"default": accuracy, "accuracy": accuracy, "loss": loss_sum / max(total, 1), "masked_tokens": total}
+        accuracy, loss = correct / max(total, 1), loss_sum / max(total, 1)
+        return {"default": accuracy, "accuracy": accuracy, "loss": loss, "perplexity": math.exp(loss),
+                "masked_tokens": total}
 
 
 def warm_up_head(model, tuner, config, root) -> str:
