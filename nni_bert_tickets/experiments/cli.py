@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
         if report is not None:
             report.finish(results["trajectory"])
             nni_trial.report_final(results)
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and not trial:  # NNI trials share output_root: NNI keeps their results
             save_imp(config, results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
     else:
