@@ -86,6 +86,20 @@ def test_every_round_is_reported_once_and_in_order_fresh_resumed_or_finished(tmp
     assert [r["round"] for r in trial(argv, {"seed": 6})[0]] == [0, 1, 2]
 
 
+def test_a_trial_with_a_lower_target_reports_the_rounds_it_reads_from_a_finished_longer_run(
+        tmp_path, minilm_path, glue_dir, trial, monkeypatch):
+    longer, _ = trial(_argv(tmp_path, minilm_path, glue_dir), {"seed": 3})  # target 0.2: rounds 0, 1, 2
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("rounds a finished longer run holds were trained again")
+    monkeypatch.setattr(FineTuner, "train", must_not_train)
+    monkeypatch.setattr(nni.trial, "_trial_id", "shorter-trial")
+    rounds, (final,) = trial(_argv(tmp_path, minilm_path, glue_dir, target_sparsity=0.1), {"seed": 3})
+    assert rounds == longer[:2] and final["default"] == rounds[-1]["default"]
+    (run_dir,) = (tmp_path / "runs").iterdir()  # nothing written for the shorter run; its reports are recorded
+    assert json.loads((run_dir / nni_trial.REPORTED).read_text())["shorter-trial"] == [0, 1]
+
+
 def test_output_root_from_the_environment(tmp_path, minilm_path, glue_dir, trial, monkeypatch):
     argv = _argv(tmp_path, minilm_path, glue_dir, target_sparsity=0.1)
     monkeypatch.setenv(nni_trial.OUTPUT_ROOT_ENV, str(tmp_path / "elsewhere"))

@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from . import nni_trial, tracking
 from .config import parse_args
-from .imp_run import format_trajectory, run_imp
+from .imp_run import format_trajectory, imp_run_dir, run_imp
 from .tables import EXPERIMENTS, save_imp
 
 __all__ = ["main"]
@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
     if config.experiment == "imp":
         report = None
         if trial and accelerator.is_main_process:
-            report = nni_trial.RoundReporter(Path(config.output_root) / config.run_name())
+            report = nni_trial.RoundReporter(imp_run_dir(config))  # a finished longer run, when run_imp reads one
         results = run_imp(config, accelerator, on_round=report)
         if report is not None:
             report.finish(results["trajectory"])

@@ -77,8 +77,8 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
         if accelerator.is_main_process:  # a tidy-up cut short, or a finished run now kept smaller
             tidy_finished(run_dir / "imp", config.keep, results["trajectory"])
         return results
-    longer = None if run_dir.exists() else longer_run(config)
-    if longer is not None:  # IMP's first rounds do not depend on where it stops: read them, train nothing
+    longer = imp_run_dir(config)
+    if longer != run_dir:  # IMP's first rounds do not depend on where it stops: read them, train nothing
         results = json.loads((longer / "metrics.json").read_text())
         trajectory = results["trajectory"][:len(config.levels())]
         _log.info("IMP on %s to %.0f%%: the first %d rounds of the finished run %s (same settings, target %.0f%%) "
