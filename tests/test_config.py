@@ -50,3 +50,30 @@ def test_run_names_come_from_the_settings_alone(tmp_path):
     (tmp_path / "named.yaml").write_text("task: rte\nname: mine\n")
     with pytest.raises(ValueError, match="unknown setting"):
         parse_args(["--config", str(tmp_path / "named.yaml")])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("{sst2: {max_train_samples: 0}}", r"task_overrides\[sst2\]: max_train_samples must be a positive"),
+    ("{sst2: {target_sparsity: 0.5}}", r"task_overrides\[sst2\]: \['target_sparsity'\] are not training settings"),
+    ("{sst2: 5000}", "task_overrides maps tasks to settings"),
+    ("{nosuchtask: {epochs: 1}}", "unknown task 'nosuchtask'"),
+])
+def test_bad_task_overrides_are_refused_naming_the_task(overrides, message):
+    with pytest.raises(Exception, match=message):
+        parse_args(["--experiment", "transfer", "--target-sparsity", "0.7", "--task-overrides", overrides])
+    with pytest.raises(ValueError, match="transfer experiment only"):  # elsewhere it would be ignored: refused
+        parse_args(["--task-overrides", "{sst2: {epochs: 1}}"])
+
+
+def test_the_shipped_transfer_config_reuses_each_tasks_table2_runs():
+    """examples/configs/cpu/transfer.yaml gives every target task the settings of its own Table 2 config (SST-2
+    subsampled through task_overrides), so the IMP runs and full-model runs it reads are the ones Table 2 made."""
+    from pathlib import Path
+    from nni_bert_tickets.experiments.config import load_yaml
+    cpu = Path(__file__).resolve().parents[1] / "examples" / "configs" / "cpu"
+    transfer = parse_args(["--config", str(cpu / "transfer.yaml")])
+    for task in transfer.transfer_tasks:
+        own = ExperimentConfig(**load_yaml(str(cpu / f"table2-{task}.yaml")))
+        assert transfer.for_task(task).run_name() == own.run_name(), task
+        assert transfer.for_task(task).training_settings() == own.training_settings(), task
+    assert transfer.for_task("sst2").max_train_samples == 5000 and transfer.for_task("rte").max_train_samples is None

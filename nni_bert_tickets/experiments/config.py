@@ -24,7 +24,7 @@ NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
                      "rewind_points",
-                     "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir")
+                     "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
                    "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
@@ -85,6 +85,9 @@ class ExperimentConfig:
     transfer_sources: List[str] = dataclasses.field(default_factory=list)  # extra ticket sources, e.g. [mlm]
     transfer_sparsity: float = 0.7
     mlm_data_dir: Optional[str] = None          # data_dir of an mlm source (None: WikiText-2 from the Hub)
+    # transfer: training settings of single tasks, e.g. {sst2: {max_train_samples: 5000}}, so that each task's
+    # runs are the ones its own Table 2 config made (and are reused)
+    task_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
     # bookkeeping
     output_root: str = "runs"
     checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
@@ -144,6 +147,12 @@ class ExperimentConfig:
         if not self.early_stop_every:
             return None
         return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience)
+
+    def for_task(self, task: str) -> "ExperimentConfig":
+        """These settings for ``task`` (a transfer target or a task-named source): ``mlm`` reads ``mlm_data_dir``,
+        and ``task_overrides[task]`` replaces the settings it names."""
+        data_dir = self.mlm_data_dir if task == "mlm" else self.data_dir
+        return dataclasses.replace(self, task=task, data_dir=data_dir, **self.task_overrides.get(task, {}))
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
@@ -231,9 +240,31 @@ class ExperimentConfig:
         if bad:
             raise ValueError(f"rewind_points are fractions of training in [0, 1) (0 is θ0), got {bad}; "
                              "e.g. rewind_points: [0, 0.05, 0.1, 0.2, 0.5]")
+        self._validate_overrides()
         if self.experiment == "transfer" and not is_level(self.transfer_sparsity):
             raise ValueError(f"transfer_sparsity {self.transfer_sparsity:g} is not a level of the IMP runs the "
                              f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
+
+
+    def _validate_overrides(self) -> None:
+        if not isinstance(self.task_overrides, dict) or not all(isinstance(v, dict) for v in self.task_overrides.values()):
+            raise ValueError(f"task_overrides maps tasks to settings, e.g. {{sst2: {{max_train_samples: 5000}}}}; got "
+                             f"{self.task_overrides!r}")
+        if self.task_overrides and self.experiment != "transfer":
+            raise ValueError(f"task_overrides is read by the transfer experiment only (experiment is {self.experiment}); "
+                             "set the task's settings directly")
+        from ..tasks import get_task
+        allowed = set(TRAINING_FIELDS) - {"task"}
+        for task, settings in self.task_overrides.items():
+            get_task(task)
+            unknown = sorted(set(settings) - allowed)
+            if unknown:
+                raise ValueError(f"task_overrides[{task}]: {unknown} are not training settings; allowed: {sorted(allowed)}")
+            try:  # e.g. max_train_samples: 0
+                ExperimentConfig(**{**dataclasses.asdict(self), "task_overrides": {}, "experiment": "imp",
+                                    "task": task, **settings})._validate_experiment()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"task_overrides[{task}]: {err}") from err
 
 
 def unit_name(kind: str, settings: Dict[str, Any]) -> str:
@@ -312,6 +343,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
         elif kind is bool:
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                                 help=f"(default {f.default})")
+        elif kind is dict or typing.get_origin(kind) is dict:
+            parser.add_argument(flag, type=yaml.safe_load, default=None,
+                                help="(YAML mapping, e.g. '{sst2: {max_train_samples: 5000}}')")
         elif f.name == "rewind":
             parser.add_argument(flag, type=lambda s: None if s.lower() in ("none", "null") else float(s),
                                 default=argparse.SUPPRESS, help=f"(default {f.default})")

@@ -230,15 +230,14 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources``. A source is a task name
     (its IMP run under this config's settings, task swapped, so Table 2's runs are reused; ``mlm`` reads
     ``mlm_data_dir``), a YAML config (its own IMP run with its own settings, e.g. SQuAD at its length), or a
-    ticket file. With ``rewind`` set to θi (Figure 4) task sources are found with rewinding and carry their θi
+    ticket file; ``task_overrides`` gives single tasks their own training settings. With ``rewind`` set to θi (Figure 4) task sources are found with rewinding and carry their θi
     weights into the target. The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the
     ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity. A source counts as at least as good
     as a target's own ticket where it scores within one standard deviation of the target's full model below it.
     """
     check_model(config)
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
-    per_task = {t: dataclasses.replace(config, task=t, data_dir=config.mlm_data_dir if t == "mlm" else config.data_dir)
-                for t in targets}
+    per_task = {t: config.for_task(t) for t in targets}
     tickets, origin = {}, {}
     for source in targets + [t for t in config.transfer_sources if t not in targets]:
         label, ticket, run = _transfer_source(config, source, per_task, accelerator)
@@ -279,8 +278,7 @@ def _transfer_source(config: ExperimentConfig, source: str, per_task: Dict[str, 
         found = dataclasses.replace(ExperimentConfig(**load_yaml(source)), output_root=config.output_root,
                                     experiment="imp").validate()
     else:
-        found = per_task.get(source) or dataclasses.replace(
-            config, task=source, data_dir=config.mlm_data_dir if source == "mlm" else config.data_dir)
+        found = per_task.get(source) or config.for_task(source)
     run_imp(found, accelerator)
     return found.task, imp_ticket(found, config.transfer_sparsity), found.run_name()
 
