@@ -124,8 +124,13 @@ def trajectory_markdown(result: Dict[str, Any]) -> str:
     out = [title, "", *note, "| sparsity | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
     for level in levels:
         out.append(f"| {100 * level['sparsity']:.0f}% | " + " | ".join(
-            "–" if level.get(k) is None else f"{level[k]:.4g}" for k in keys) + " |")
+            _cell(level.get(k)) for k in keys) + " |")
     return "\n".join(out)
+
+
+def _cell(x: Optional[float]) -> str:
+    """A metric as evaluated: counts (e.g. MLM's masked tokens) whole, the rest to 4 significant digits."""
+    return "–" if x is None else f"{x:.0f}" if float(x).is_integer() and abs(x) >= 1 else f"{x:.4g}"
 
 
 def trajectory_plot(result: Dict[str, Any], path: Path) -> None:
