@@ -245,7 +245,6 @@ class ExperimentConfig:
             raise ValueError(f"transfer_sparsity {self.transfer_sparsity:g} is not a level of the IMP runs the "
                              f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
 
-
     def _validate_overrides(self) -> None:
         if not isinstance(self.task_overrides, dict) or not all(isinstance(v, dict) for v in self.task_overrides.values()):
             raise ValueError(f"task_overrides maps tasks to settings, e.g. {{sst2: {{max_train_samples: 5000}}}}; got "
