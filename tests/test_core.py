@@ -56,18 +56,30 @@ def _torch_global_masks(modules, amount, prior=None):
     return [m.weight_mask.bool() for m in modules]
 
 
+def _assert_same_up_to_ties(ours, ref, weights, prior=None):
+    """Equal masks, except where weights of exactly the threshold magnitude (or, in a second step, zero weights
+    and already-pruned ones, which torch scores alike) are swapped: which of equal weights goes is arbitrary.
+    The embedded fp32 weights have no such ties, so there the masks are equal; a copy rounded to fp16 has some."""
+    assert sum(int((~a).sum()) for a in ours.values()) == sum(int((~b).sum()) for b in ref)
+    fresh = [(~a if prior is None else ~a & p) for a, p in zip(ours.values(), (prior or ours).values())]
+    threshold = max(float(w.detach().abs()[f].max()) for w, f in zip(weights.values(), fresh) if f.any())
+    for w, a, b in zip(weights.values(), ours.values(), ref):
+        swapped = w.detach().abs()[a != b]
+        assert bool(((swapped == threshold) | ((swapped == 0) & (prior is not None))).all())
+
+
 def test_global_magnitude_mask_equals_torch_global_unstructured(minilm_path):
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
     modules = list(prunable_modules(model).values())
     weights = prunable_weights(model)
     ours = global_magnitude_masks(weights, 0.4)
     ref = _torch_global_masks(modules, count_to_prune(sum(w.numel() for w in weights.values()), 0.4))
-    assert all(torch.equal(a, b) for a, b in zip(ours.values(), ref))
+    _assert_same_up_to_ties(ours, ref, weights)
     # a second IMP-style step on top of the first mask, as torch does iteratively
     total = sum(w.numel() for w in weights.values())
     ours2 = global_magnitude_masks(weights, 0.7, ours)
     ref2 = _torch_global_masks(modules, count_to_prune(total, 0.7) - count_to_prune(total, 0.4), ref)
-    assert all(torch.equal(a, b) for a, b in zip(ours2.values(), ref2))
+    _assert_same_up_to_ties(ours2, ref2, weights, ours)
     assert all(bool((b <= a).all()) for a, b in zip(ours.values(), ours2.values()))  # nested
 
 

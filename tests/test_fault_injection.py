@@ -54,7 +54,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     settings = dict(task="wnli", model=model, data_dir=glue_dir, max_train_samples=64, max_eval_samples=16,
                     max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.4, step=0.1,
                     checkpoint_steps=3, seed=11, log_level="WARNING")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
     for name in ("straight", "killed"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**settings, "output_root": str(tmp_path / name)}))

@@ -135,6 +135,20 @@ def test_squad_windows_start_doc_stride_tokens_apart_and_questions_are_cut_to_64
         assert ids[-2] == context[-1]  # the last window reaches the end of the context
 
 
+def test_squad_windows_that_stop_short_of_the_context_end_are_refused(minilm_path):
+    """tokenizers 0.23.2 returns one overflowing window only; a context cut short must fail, naming the cause."""
+    from transformers import AutoTokenizer
+    from nni_bert_tickets.tasks.squad import _check_windows
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    context = _long_squad_example()["context"]
+    n = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    room, step = 100, 60
+    windows = 1 + -(-(n - room) // step)
+    _check_windows(tokenizer, [context, "short."], [0] * windows + [1], room, step)  # complete: accepted
+    with pytest.raises(DataError, match=f"context of {n} tokens into 2 windows, not the {windows}.*tokenizers"):
+        _check_windows(tokenizer, [context, "short."], [0, 0, 1], room, step)
+
+
 def test_squad_bad_window_settings_are_refused_before_tokenising(minilm_path):
     import datasets
     from transformers import AutoTokenizer

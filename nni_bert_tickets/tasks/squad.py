@@ -169,6 +169,8 @@ class SquadTask:
             enc = tokenizer([questions[i] for i in members], [contexts[i] for i in members], truncation="only_second",
                             max_length=max_length, stride=max(0, room - doc_stride), return_overflowing_tokens=True,
                             return_offsets_mapping=True, **extra)
+            _check_windows(tokenizer, [contexts[i] for i in members], enc["overflow_to_sample_mapping"], room,
+                           min(doc_stride, room))
             for f, j in enumerate(enc.pop("overflow_to_sample_mapping")):
                 row = {k: v[f] for k, v in enc.items()}
                 features.append((members[j], f, {**row, "sequence_ids": enc.sequence_ids(f), "sample": members[j]}))
@@ -244,3 +246,18 @@ def resplit_by_article(dev, train_articles: int):
 
 def _tensor_collate(rows):
     return {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+
+
+def _check_windows(tokenizer, contexts: List[str], sample_of_window: List[int], room: int, step: int) -> None:
+    """Each context must be covered to its end: ``1 + ceil((tokens - room) / step)`` windows. tokenizers 0.23.2
+    returns only the first overflowing window, which would silently drop most of a long context."""
+    counts = collections.Counter(sample_of_window)
+    lengths = [len(ids) for ids in tokenizer(contexts, add_special_tokens=False)["input_ids"]]
+    for j, n in enumerate(lengths):
+        expected = 1 + -(-max(0, n - room) // step)
+        if counts[j] != expected:
+            import tokenizers
+            raise DataError(f"SQuAD: the tokenizer split a context of {n} tokens into {counts[j]} windows, not the "
+                            f"{expected} that cover it ({room} context tokens a window, {step} apart); tokenizers "
+                            f"{tokenizers.__version__} is installed, and 0.23.2 is known to drop overflowing windows: "
+                            f"install another version (pip install 'tokenizers!=0.23.2')")

@@ -190,7 +190,9 @@ class FineTuner:
 
     @torch.no_grad()
     def evaluate(self, model) -> Dict[str, Any]:
-        """The task's metrics on its evaluation splits (``'default'``: the main one)."""
+        """The task's metrics on its evaluation splits (``'default'``: the main one). The model goes to the
+        Accelerator's device first: one never trained here (θ0, a loaded ticket) is still on the CPU."""
+        model.to(self.accelerator.device)
         model.eval()
         return self.task.evaluate(self, model)
 
