@@ -118,6 +118,7 @@ def warm_up_head(model, tuner, config, root) -> str:
                 p.copy_(saved[n])
         return note
     _log.info("warming up the MLM head for %d steps with the body frozen (%s)", steps, name)
+    device = next(model.parameters()).device  # give the model back where it was, as the cached path does
     frozen = [p for n, p in model.named_parameters() if n not in head and p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -135,6 +136,7 @@ def warm_up_head(model, tuner, config, root) -> str:
         tensors = {n: p.detach().cpu().clone().contiguous() for n, p in head.items()}
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
     _log.info("MLM head warmed: %s", tuner.evaluate(model))
+    model.to(device)
     return note
 
 
