@@ -75,6 +75,8 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     assert set(tr["matrix"]["squad"]) == {"wnli", "rte"}
     own, std = tr["matrix"]["wnli"]["wnli"], tr["full"]["wnli"]["std"]
     assert tr["at_least_own_ticket"]["rte"] == int(tr["matrix"]["rte"]["wnli"] >= own - std - 1e-9)
+    mean = tr["full"]["wnli"]["mean"]
+    assert ("wnli" in tr["matching_targets"]["squad"]) == (tr["matrix"]["squad"]["wnli"] >= mean - std - 1e-9)
 
     counted.clear()
     table2(config), table3(config), transfer(config)

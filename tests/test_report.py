@@ -87,3 +87,17 @@ def test_every_metric_of_each_imp_level_is_listed_as_returned(root):
     assert "| sparsity | exact_match | f1 |" in section
     assert _row(section, "40%") == ["79.25", "87.75"] and _row(section, "0%") == ["80.5", "88.25"]
     assert not (root / "report" / "imp-squad.png").exists()  # Table 2 runs already have their plot
+
+
+def test_transfer_bolds_and_counts_by_one_std_and_names_universal_tickets():
+    # targets rte, mrpc: full model rte 80 ± 2, mrpc 60 ± 1 (as fractions); own tickets 79 and 60
+    matrix = {"rte": {"rte": 0.79, "mrpc": 0.595},  # on mrpc: 0.5 below own, within mrpc's std: bold, matching
+              "mrpc": {"rte": 0.765, "mrpc": 0.60},  # on rte: 2.5 below own, beyond its std: plain, not matching
+              "oneshot": {"rte": 0.70, "mrpc": 0.50}}
+    result = {"experiment": "transfer", "tasks": ["rte", "mrpc"], "sources": ["rte", "mrpc"], "sparsity": 0.5,
+              "matrix": matrix, "full": {"rte": {"mean": 0.80, "std": 0.02}, "mrpc": {"mean": 0.60, "std": 0.01}}}
+    text = report.transfer_markdown(result)
+    assert _row(text, "rte") == ["79.0", "**59.5**", "1", "2"]
+    assert _row(text, "mrpc") == ["76.5", "60.0", "0", "1"]
+    assert _row(text, "oneshot") == ["70.0", "50.0", "0", "0"]
+    assert "Universal (matching on all 2 targets): rte." in text

@@ -262,9 +262,11 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     full = {t: _full_stats(per_task[t], accelerator) for t in targets}
     wins = {src: sum(matrix[src][t] >= matrix[t][t] - full[t]["std"] - 1e-9 for t in targets if t != src)
             for src in [*sources, "oneshot"]}
+    matching = {src: [t for t in targets if matrix[src][t] >= full[t]["mean"] - full[t]["std"] - 1e-9]
+                for src in [*sources, "oneshot"]}  # universal: matching on every target
     return _save(config, "transfer", {"tasks": targets, "sources": sources, "sparsity": s, "matrix": matrix,
                                       "rewind": config.rewind, "source_runs": origin,
-                                      "full": full, "at_least_own_ticket": wins,
+                                      "full": full, "at_least_own_ticket": wins, "matching_targets": matching,
                                       "metrics": {t: get_task(t).metric for t in targets}})
 
 
