@@ -1,6 +1,8 @@
 """The paper's experiments at a tiny budget on the embedded model: reuse of runs, verdicts, the report."""
 import dataclasses
 import json
+import logging
+import math
 
 import pytest
 import yaml
@@ -98,6 +100,26 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
         assert (tmp_path / "report" / png).stat().st_size > 5000
     saved = json.loads((tmp_path / "tables" / "table2-wnli.json").read_text())
     assert saved["rows"] == t2["rows"]
+
+
+def test_glue_tickets_transfer_onto_squad_and_mlm_targets(tmp_path, minilm_path, glue_dir, caplog):
+    """GLUE → SQuAD/MLM inside the transfer experiment (the other direction is in the test above): a WNLI ticket
+    (with a pooler mask) and the SQuAD and MLM tickets, each trained on SQuAD and on MLM with a fresh head."""
+    squad = dict(data_dir=str(SHARED / "data"), squad_train_articles=38, max_train_samples=24, max_eval_samples=8,
+                 max_length=96, doc_stride=32, batch_size=8)
+    config = _config(tmp_path, minilm_path, glue_dir, experiment="transfer", target_sparsity=0.1,
+                     baseline_sparsities=[0.1],
+                     transfer_tasks=["squad", "mlm"], transfer_sources=["wnli"], task_overrides={"squad": squad})
+    with caplog.at_level(logging.INFO):
+        tr = transfer(config)
+    assert tr["sources"] == ["squad", "mlm", "wnli"]
+    assert {s: sorted(row) for s, row in tr["matrix"].items()} == {
+        s: ["mlm", "squad"] for s in ("squad", "mlm", "wnli", "oneshot")}
+    assert all(math.isfinite(v) for row in tr["matrix"].values() for v in row.values())
+    assert tr["metrics"] == {"squad": "f1", "mlm": "accuracy"}
+    # the WNLI ticket's pooler mask was dropped on the way to SQuAD and to MLM
+    assert caplog.text.count("the model has no pooler: the ticket's pooler mask") >= 2
+    assert sorted(tr["matching_targets"]) == ["mlm", "oneshot", "squad", "wnli"]
 
 
 def test_a_transfer_source_that_names_no_ticket_is_refused_before_training(tmp_path, minilm_path, glue_dir):

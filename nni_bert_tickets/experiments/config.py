@@ -151,8 +151,9 @@ class ExperimentConfig:
     def for_task(self, task: str) -> "ExperimentConfig":
         """These settings for ``task`` (a transfer target or a task-named source): ``mlm`` reads ``mlm_data_dir``,
         and ``task_overrides[task]`` replaces the settings it names."""
-        data_dir = self.mlm_data_dir if task == "mlm" else self.data_dir
-        return dataclasses.replace(self, task=task, data_dir=data_dir, **self.task_overrides.get(task, {}))
+        settings = {"data_dir": self.mlm_data_dir if task == "mlm" else self.data_dir,
+                    **self.task_overrides.get(task, {})}  # an override may name data_dir too (a SQuAD target)
+        return dataclasses.replace(self, task=task, **settings)
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
