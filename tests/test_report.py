@@ -1,10 +1,11 @@
 """The report prints every task's metric in points: fractions × 100, SQuAD's percentages as they are."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from nni_bert_tickets.experiments import report
+from nni_bert_tickets.experiments import report, verdicts
 from nni_bert_tickets.tasks import get_task, task_names
 
 # SQuAD's F1 / EM are percentages; GLUE's and MLM's metrics are fractions
@@ -101,3 +102,20 @@ def test_transfer_bolds_and_counts_by_one_std_and_names_universal_tickets():
     assert _row(text, "mrpc") == ["76.5", "60.0", "0", "1"]
     assert _row(text, "oneshot") == ["70.0", "50.0", "0", "0"]
     assert "Universal (matching on all 2 targets): rte." in text
+
+
+def test_verdicts_count_the_threshold_and_never_a_missing_run():
+    full = {"mean": 0.80, "std": 0.02}
+    assert verdicts.matching(0.78, full) and verdicts.matching(0.80 - 0.02, full)  # exactly one std below counts
+    assert not verdicts.matching(0.7799, full) and not verdicts.matching(None, full)
+    assert verdicts.matching(0.80, {"mean": 0.80})  # one seed: no std, the mean itself
+
+
+def test_report_renders_the_verdicts_the_transfer_table_stored():
+    # the committed CPU Figure 3, written by tables.transfer: the report's counts must be the stored ones
+    result = json.loads((Path(__file__).parents[1] / "docs/results/cpu/tables/transfer-matrix.json").read_text())
+    text = report.transfer_markdown(result)
+    for source in [*result["sources"], "oneshot"]:
+        *_, at_least_own, matching = _row(text, source)
+        assert int(at_least_own) == result["at_least_own_ticket"][source], source
+        assert int(matching) == len(result["matching_targets"][source]), source

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Optional, Sequence
 
 from . import nni_trial, tracking

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..tasks import get_task  # noqa: E402
+from .verdicts import transfer_verdicts  # noqa: E402
 
 __all__ = ["render", "main"]
 _log = logging.getLogger(__name__)
@@ -176,14 +177,10 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
 def transfer_markdown(result: Dict[str, Any]) -> str:
     tasks, m, full = result["tasks"], result["matrix"], result["full"]
     scale = {t: _scale(t) for t in tasks}  # a column is one target task: one metric, one scale
-    std = {t: full[t].get("std", 0.0) for t in tasks}
     rewind = result.get("rewind", 0)
     title = "Figure 3" if not rewind else f"Figure 4 (tickets found with rewinding to θi, i = {rewind})"
     rows = [*result.get("sources", tasks), "oneshot"]
-    # the paper's two criteria: as good as the target's own ticket, and matching (the full model), each within
-    # one standard deviation of the target's full model
-    good = {s: {t: s != t and m[s][t] >= m[t][t] - std[t] - 1e-9 for t in tasks} for s in rows}
-    matching = {s: [t for t in tasks if m[s][t] >= full[t]["mean"] - std[t] - 1e-9] for s in rows}
+    at_least_own, matching = transfer_verdicts(m, full, tasks, rows)  # the same verdicts tables.transfer stores
     out = [f"## {title}: transfer of {100 * result['sparsity']:.0f}% tickets", "",
            "Rows: source of the ticket; columns: target task (its metric). **Bold**: at least as good as the "
            "target's own ticket (the diagonal) within one standard deviation of the target's full model; "
@@ -192,8 +189,8 @@ def transfer_markdown(result: Dict[str, Any]) -> str:
            + POINTS, "", "| source \\ target | " + " | ".join(tasks) + " | ≥ own | matching |",
            "|---|" + "---:|" * (len(tasks) + 2)]
     for src in rows:
-        cells = [f"**{_fmt(m[src][t], scale[t])}**" if good[src][t] else _fmt(m[src][t], scale[t]) for t in tasks]
-        out.append(f"| {src} | " + " | ".join(cells) + f" | {sum(good[src].values())} | {len(matching[src])} |")
+        cells = [f"**{_fmt(m[src][t], scale[t])}**" if t in at_least_own[src] else _fmt(m[src][t], scale[t]) for t in tasks]
+        out.append(f"| {src} | " + " | ".join(cells) + f" | {len(at_least_own[src])} | {len(matching[src])} |")
     out.append("| full model | " + " | ".join(_fmt(full[t]["mean"], scale[t]) for t in tasks) + " | | |")
     universal = [s for s in rows if len(matching[s]) == len(tasks)]
     out += ["", "Universal (matching on all %d targets): %s." % (len(tasks), ", ".join(universal) or "none")]

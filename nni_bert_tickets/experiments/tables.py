@@ -13,7 +13,7 @@ import json
 import logging
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -26,6 +26,7 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
+from .verdicts import matching, transfer_verdicts
 
 __all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
            "every_metric", "save_imp", "EXPERIMENTS"]
@@ -154,11 +155,6 @@ def _full_stats(config: ExperimentConfig, accelerator) -> Dict[str, Any]:
     return {"runs": runs, "mean": statistics.fmean(runs), "std": statistics.pstdev(runs) if len(runs) > 1 else 0.0}
 
 
-def _matching(metric: Optional[float], full: Dict[str, Any]) -> bool:
-    """A winning (matching) ticket: within one standard deviation of the full model's mean."""
-    return metric is not None and metric >= full["mean"] - full["std"] - 1e-9  # equal counts, float noise aside
-
-
 def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
     """Full model over seeds, the IMP row, and the baselines, with verdicts.
 
@@ -178,7 +174,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
         else:  # also a level whose round was an early-stopped search (no verdict of its own): trained in full here
             row = {"sparsity": level, "imp": baseline(config, "imp_fresh_head", level, accelerator)["default"],
                    **({"imp_carried_head": record["metric"]} if config.head != "rewind" else {})}
-        rows.append({**row, "matching": _matching(row["imp"], full)})
+        rows.append({**row, "matching": matching(row["imp"], full)})
     winners = [r["sparsity"] for r in rows if r["matching"]]
     highest = max(winners) if winners else None
     at = _baseline_levels(config, [r["sparsity"] for r in rows], highest)
@@ -219,7 +215,7 @@ def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
         final = imp["trajectory"][-1]
         rows.append({"rewind": "standard pruning" if point is None else f"{point:.0%}", "fraction": point,
                      "sparsity": final["target_sparsity"], "metric": final["metric"],
-                     "matching": _matching(final["metric"], full), "imp_run": imp["run"],
+                     "matching": matching(final["metric"], full), "imp_run": imp["run"],
                      "trajectory": [(r["target_sparsity"], r["metric"]) for r in imp["trajectory"]]})
     return _save(config, "table3", {"task": config.task, "metric": imp["metric"], "full": full, "rows": rows})
 
@@ -260,13 +256,11 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
                                             compute, accelerator)["default"]
     matrix["oneshot"] = {t: baseline(per_task[t], "oneshot", s, accelerator)["default"] for t in targets}
     full = {t: _full_stats(per_task[t], accelerator) for t in targets}
-    wins = {src: sum(matrix[src][t] >= matrix[t][t] - full[t]["std"] - 1e-9 for t in targets if t != src)
-            for src in [*sources, "oneshot"]}
-    matching = {src: [t for t in targets if matrix[src][t] >= full[t]["mean"] - full[t]["std"] - 1e-9]
-                for src in [*sources, "oneshot"]}  # universal: matching on every target
+    at_least_own, matched = transfer_verdicts(matrix, full, targets, [*sources, "oneshot"])
+    wins = {src: len(ts) for src, ts in at_least_own.items()}
     return _save(config, "transfer", {"tasks": targets, "sources": sources, "sparsity": s, "matrix": matrix,
                                       "rewind": config.rewind, "source_runs": origin,
-                                      "full": full, "at_least_own_ticket": wins, "matching_targets": matching,
+                                      "full": full, "at_least_own_ticket": wins, "matching_targets": matched,
                                       "metrics": {t: get_task(t).metric for t in targets}})
 
 
