@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from . import nni_trial, tracking
 from .config import parse_args
+from .grid import dense_grid
 from .imp_run import format_trajectory, imp_run_dir, run_imp
 from .tables import EXPERIMENTS, save_imp
 
@@ -33,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
             save_imp(config, results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
     else:
-        results = EXPERIMENTS[config.experiment](config, accelerator)
+        results = {**EXPERIMENTS, "dense_grid": dense_grid}[config.experiment](config, accelerator)
         summary = (f"{config.experiment} done: {config.output_root}/tables/ "
                    f"(render with: python -m nni_bert_tickets.experiments.report {config.output_root})\n"
                    + json.dumps({k: results[k] for k in ("highest_winning_sparsity", "at_least_own_ticket")

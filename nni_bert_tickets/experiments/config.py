@@ -24,7 +24,8 @@ NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
                      "rewind_points",
-                     "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides")
+                     "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides",
+                     "grid_learning_rates", "grid_epochs")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
                    "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
@@ -73,7 +74,7 @@ class ExperimentConfig:
     mlm_head_warmup_lr: float = 1e-3
     squad_train_articles: Optional[int] = None  # SQuAD: re-split the dev set, its first N articles train
     seed: int = 42
-    # which experiment (examples/glue.py): imp | table2 | table3 | transfer
+    # which experiment (examples/glue.py): imp | table2 | table3 | transfer | dense_grid
     experiment: str = "imp"
     seeds: int = 3                              # full-model fine-tunings (mean ± std) for the verdicts
     baselines: List[str] = dataclasses.field(default_factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
@@ -88,6 +89,9 @@ class ExperimentConfig:
     # transfer: training settings of single tasks, e.g. {sst2: {max_train_samples: 5000}}, so that each task's
     # runs are the ones its own Table 2 config made (and are reused)
     task_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # dense_grid: the full model alone at each learning rate × epochs, `seeds` fine-tunings per cell
+    grid_learning_rates: List[float] = dataclasses.field(default_factory=lambda: [1e-4, 3e-5])
+    grid_epochs: List[float] = dataclasses.field(default_factory=lambda: [2.0, 4.0, 6.0])
     # bookkeeping
     output_root: str = "runs"
     checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
@@ -167,7 +171,7 @@ class ExperimentConfig:
         check_sparsity(self.target_sparsity, "target_sparsity")
         choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
                    "padding": ("dynamic", "max_length"), "shuffle_mode": ("layers", "within"),
-                   "experiment": ("imp", "table2", "table3", "transfer"), "keep": ("all", "tickets", "final")}
+                   "experiment": ("imp", "table2", "table3", "transfer", "dense_grid"), "keep": ("all", "tickets", "final")}
         if not 0 < self.step < 1:
             raise ValueError(f"step must be in (0, 1), got {self.step!r}")
         for key in ("batch_size", "epochs", "learning_rate", "max_length", "eval_batch_size", "seeds"):
@@ -242,6 +246,14 @@ class ExperimentConfig:
             raise ValueError(f"rewind_points are fractions of training in [0, 1) (0 is θ0), got {bad}; "
                              "e.g. rewind_points: [0, 0.05, 0.1, 0.2, 0.5]")
         self._validate_overrides()
+        bad = [v for v in [*self.grid_learning_rates, *self.grid_epochs] if not v > 0]
+        if bad or not self.grid_learning_rates or not self.grid_epochs:
+            raise ValueError(f"grid_learning_rates and grid_epochs are non-empty lists of positive numbers, got "
+                             f"{self.grid_learning_rates!r} and {self.grid_epochs!r}; e.g. grid_epochs: [2, 4, 6]")
+        if self.experiment == "dense_grid" and not any(
+                (lr, ep) == (self.learning_rate, self.epochs) for lr in self.grid_learning_rates for ep in self.grid_epochs):
+            raise ValueError(f"the dense grid must contain the config's own setting (learning_rate {self.learning_rate:g}, "
+                             f"epochs {self.epochs:g}) to compare against; add them to grid_learning_rates / grid_epochs")
         if self.experiment == "transfer" and not is_level(self.transfer_sparsity):
             raise ValueError(f"transfer_sparsity {self.transfer_sparsity:g} is not a level of the IMP runs the "
                              f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
