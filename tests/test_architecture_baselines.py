@@ -172,7 +172,7 @@ def _saved(model, kind, path, minilm_path):
 
 def _settings(path, glue_dir, tmp_path, **overrides):
     return dict(task="sst2", model=path, data_dir=glue_dir, max_train_samples=16, max_eval_samples=16,
-                batch_size=8, max_steps=1, max_length=32, target_sparsity=0.2, step=0.2, seeds=1,
+                batch_size=8, max_steps=1, max_length=32, target_sparsity=0.2, step=0.2, seeds=2,
                 head="rewind", baselines=["random_reinit", "shuffled"],  # the two that depend on the layout
                 baseline_sparsities=[0.2], output_root=str(tmp_path / "runs"), **overrides)
 

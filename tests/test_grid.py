@@ -29,6 +29,13 @@ def test_grid_cells_are_the_cached_full_model_units(tmp_path, minilm_path, glue_
     stored = json.loads((tmp_path / "tables" / "dense_grid-rte.json").read_text())
     assert stored["cells"] == result["cells"] and stored["current"] == {"learning_rate": 1e-4, "epochs": 1.0}
 
+    from nni_bert_tickets.experiments.report import render
+    text = render(tmp_path).read_text()
+    section = text[text.index("## Is the full model trained well?"):]
+    mean, std = cells[(1e-4, 0.5)]["mean"], cells[(1e-4, 0.5)]["std"]
+    assert f"| 0.0001 | 0.5 | {100 * mean:.1f} ± {100 * std:.1f} (2) |" in section
+    assert "| 0.0001 | 1 | +0.00 | +0.00 | no |" in section  # the current setting against itself
+
 
 def test_grid_refuses_bad_settings(tmp_path, minilm_path, glue_dir):
     with pytest.raises(ValueError, match="grid must contain the config's own setting"):

@@ -119,3 +119,17 @@ def test_report_renders_the_verdicts_the_transfer_table_stored():
         *_, at_least_own, matching = _row(text, source)
         assert int(at_least_own) == result["at_least_own_ticket"][source], source
         assert int(matching) == len(result["matching_targets"][source]), source
+
+
+def test_rewinding_is_compared_with_theta0_cell_by_cell():
+    full = {"rte": {"mean": 0.80, "std": 0.02}, "mrpc": {"mean": 0.60, "std": 0.01}}
+    theta0 = {"experiment": "transfer", "tasks": ["rte", "mrpc"], "sources": ["rte", "mrpc"], "sparsity": 0.5,
+              "rewind": 0, "full": full, "matrix": {"rte": {"rte": 0.79, "mrpc": 0.57}, "mrpc": {"rte": 0.70, "mrpc": 0.60},
+                                                    "oneshot": {"rte": 0.70, "mrpc": 0.50}}}
+    rewound = {**theta0, "rewind": 0.05, "matrix": {"rte": {"rte": 0.80, "mrpc": 0.595}, "mrpc": {"rte": 0.70, "mrpc": 0.60},
+                                                    "oneshot": {"rte": 0.70, "mrpc": 0.50}}}
+    text = report.rewind_comparison_markdown(theta0, rewound)
+    # rte → mrpc moves from 3 below mrpc's own ticket (not ≥ own, not matching) to 0.5 below (both, at std 1)
+    assert _row(text, "rte") == ["+1.0", "+2.5", "0 → 1", "1 → 2"]
+    assert _row(text, "mrpc") == ["+0.0", "+0.0", "0 → 0", "1 → 1"]
+    assert _row(text, "oneshot") == ["+0.0", "+0.0", "0 → 0", "0 → 0"]

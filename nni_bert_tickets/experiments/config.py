@@ -25,7 +25,7 @@ NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
                      "rewind_points",
                      "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides",
-                     "grid_learning_rates", "grid_epochs")
+                     "grid_learning_rates", "grid_epochs", "verdict_seeds")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
                    "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
@@ -77,6 +77,7 @@ class ExperimentConfig:
     # which experiment (examples/glue.py): imp | table2 | table3 | transfer | dense_grid
     experiment: str = "imp"
     seeds: int = 3                              # full-model fine-tunings (mean ± std) for the verdicts
+    verdict_seeds: int = 1                      # Table 2: trainings of each decisive level's subnetwork (1: the paper)
     baselines: List[str] = dataclasses.field(default_factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
     baseline_sparsities: Optional[List[float]] = None  # None: every IMP level (or see baseline_offsets)
     baseline_offsets: Optional[List[float]] = None     # e.g. [0, 0.2]: the highest matching level and 20 points up
@@ -246,6 +247,12 @@ class ExperimentConfig:
             raise ValueError(f"rewind_points are fractions of training in [0, 1) (0 is θ0), got {bad}; "
                              "e.g. rewind_points: [0, 0.05, 0.1, 0.2, 0.5]")
         self._validate_overrides()
+        if isinstance(self.verdict_seeds, bool) or not isinstance(self.verdict_seeds, int) or self.verdict_seeds < 1:
+            raise ValueError(f"verdict_seeds is how many trainings decide each Table-2 verdict (1: the paper's single "
+                             f"run), a whole number >= 1, got {self.verdict_seeds!r}; e.g. verdict_seeds: 3")
+        if self.experiment in ("table2", "table3", "transfer") and self.seeds < 2:
+            raise ValueError(f"seeds: {self.seeds} full-model fine-tuning gives no standard deviation, which the "
+                             f"{self.experiment} verdicts (within one std of the full model's mean) need; e.g. seeds: 3")
         bad = [v for v in [*self.grid_learning_rates, *self.grid_epochs] if not v > 0]
         if bad or not self.grid_learning_rates or not self.grid_epochs:
             raise ValueError(f"grid_learning_rates and grid_epochs are non-empty lists of positive numbers, got "

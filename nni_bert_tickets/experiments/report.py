@@ -63,19 +63,25 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
     scales = [_scale(t) for t in tasks]
     out = ["## Table 2: winning tickets and baselines", "",
            "The metric at the highest winning sparsity among the levels with baselines (else the lowest "
-           "such level). A ticket is "
-           "*winning* (matching) when it is within one standard deviation of the full model's mean. "
-           + POINTS, "",
+           "such level): a mean ± sample std (n trainings) where a cell rests on several seeds, else one training. "
+           "A ticket is *winning* (matching) when it (its mean) is within one standard deviation of the full "
+           "model's mean; *strictly* when it is at least that mean. " + POINTS, "",
            "| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     out.append("| sparsity | " + " | ".join(f"{100 * _pick(r)['sparsity']:.0f}%" for r in results) + " |")
     out.append("| full model (mean ± std) | " + " | ".join(
         f"{_fmt(r['full']['mean'], k)} ± {_fmt(r['full']['std'], k)}" for r, k in zip(results, scales)) + " |")
     for key in _rows_keys(results[0]):
-        out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_fmt(_pick(r).get(key), k)
+        out.append(f"| {LABELS.get(key, key)} | " + " | ".join(_cell_stats(_pick(r), key, k)
                                                           for r, k in zip(results, scales)) + " |")
-    out.append("| highest winning sparsity | " + " | ".join(
-        "none" if r["highest_winning_sparsity"] is None else f"{100 * r['highest_winning_sparsity']:.0f}%"
-        for r in results) + " |")
+    out.append("| highest winning sparsity | " + " | ".join(_level(r["highest_winning_sparsity"]) for r in results)
+               + " |")
+    if any("highest_strictly_matching_sparsity" in r for r in results):
+        out.append("| highest strictly matching (≥ mean) | " + " | ".join(
+            _level(r.get("highest_strictly_matching_sparsity")) for r in results) + " |")
+        out.append("| matching at every level up to it | " + " | ".join(
+            "yes" if r.get("matching_up_to_highest") else "no" for r in results) + " |")
+        out.append("| IMP lead over the best baseline there [95 % interval] | " + " | ".join(
+            _lead_cell(r.get("lead"), k) for r, k in zip(results, scales)) + " |")
     for r, scale in zip(results, scales):
         keys = _rows_keys(r)
         out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'], scale)} ± "
@@ -83,8 +89,72 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
                 "| sparsity | " + " | ".join(LABELS.get(k, k) for k in keys) + " | winning |",
                 "|---:|" + "---:|" * (len(keys) + 1)]
         for row in r["rows"]:
-            out.append(f"| {100 * row['sparsity']:.0f}% | " + " | ".join(_fmt(row.get(k), scale) for k in keys)
+            out.append(f"| {100 * row['sparsity']:.0f}% | " + " | ".join(_cell_stats(row, k, scale) for k in keys)
                        + f" | {'yes' if row['matching'] else 'no'} |")
+        if r.get("lead"):
+            out += ["", _lead_words(r, scale)]
+    return "\n".join(out)
+
+
+def _level(x: Optional[float]) -> str:
+    return "none" if x is None else f"{100 * x:.0f}%"
+
+
+def _cell_stats(row: Dict[str, Any], key: str, scale: float) -> str:
+    """A row's value for ``key``: mean ± sample std (n) where it rests on several trainings."""
+    found = row.get(f"{key}_stats")
+    if found and found["n"] > 1:
+        return f"{_fmt(found['mean'], scale)} ± {_fmt(found['std'], scale)} ({found['n']})"
+    return _fmt(row.get(key), scale)
+
+
+def _lead_cell(lead: Optional[Dict[str, Any]], scale: float) -> str:
+    if not lead:
+        return "–"
+    if lead["low"] is None:
+        return f"{scale * lead['lead']:+.1f} (n = 1)"
+    return f"{scale * lead['lead']:+.1f} [{scale * lead['low']:+.1f}, {scale * lead['high']:+.1f}]"
+
+
+def _lead_words(result: Dict[str, Any], scale: float) -> str:
+    lead = result["lead"]
+    name = LABELS.get(lead["baseline"], lead["baseline"])
+    head = (f"At {_level(lead['sparsity'])} IMP leads the best baseline ({name}) by {scale * lead['lead']:+.1f} "
+            f"points")
+    if lead["low"] is None:
+        return head + ", from single trainings: a guess, not a verdict."
+    real = "excludes zero: the lead is real at this confidence" if lead["excludes_zero"] else \
+        "includes zero: the lead is not established"
+    return (head + f"; the 95 % interval over seeds (Welch, n = {lead['n'][0]} and {lead['n'][1]}) is "
+            f"[{scale * lead['low']:+.1f}, {scale * lead['high']:+.1f}] and {real}.")
+
+
+def dense_grid_markdown(results: List[Dict[str, Any]]) -> str:
+    """The full model alone over learning rate × epochs, per task, and the cross-task verdict."""
+    from .grid import grid_verdict
+    out = ["## Is the full model trained well? The dense grid", "",
+           "The full model alone at each learning rate × epochs: mean ± sample std (n seeds). " + POINTS]
+    for r in results:
+        scale = _scale(r["task"])
+        out += ["", f"### {r['task']} (current setting: lr {r['current']['learning_rate']:g}, "
+                    f"{r['current']['epochs']:g} epochs)", "", "| learning rate | epochs | full model | runs |",
+                "|---:|---:|---:|---|"]
+        for c in r["cells"]:
+            std = "–" if c["std"] is None else _fmt(c["std"], scale)
+            out.append(f"| {c['learning_rate']:g} | {c['epochs']:g} | {_fmt(c['mean'], scale)} ± {std} ({c['n']}) | "
+                       + ", ".join(_fmt(x, scale) for x in c["runs"]) + " |")
+    verdict = grid_verdict(results)
+    out += ["", "Across tasks (each cell's mean minus the current setting's, in units of the task's mean std over "
+            "its cells):", "", "| learning rate | epochs | " + " | ".join(verdict["tasks"]) + " | average | clearly better |",
+            "|---:|---:|" + "---:|" * (len(verdict["tasks"]) + 1) + "---|"]
+    for row in verdict["settings"]:
+        out.append(f"| {row['learning_rate']:g} | {row['epochs']:g} | " + " | ".join(
+            f"{row['gain_in_std'][t]:+.2f}" if t in row["gain_in_std"] else "–" for t in verdict["tasks"])
+            + f" | {row['average_gain_in_std']:+.2f} | {'yes' if row['clearly_better'] else 'no'} |")
+    best = verdict["best"]
+    out += ["", f"Best on average: lr {best['learning_rate']:g}, {best['epochs']:g} epochs; "
+            + ("clearly better than the current setting on every task: use it for every task."
+               if verdict["change"] else "not clearly better on every task: the setting stays.")]
     return "\n".join(out)
 
 
@@ -197,6 +267,31 @@ def transfer_markdown(result: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def rewind_comparison_markdown(theta0: Dict[str, Any], rewound: Dict[str, Any]) -> str:
+    """Figure 4 against Figure 3: on the sources and targets both matrices share, each transfer with θi rewinding
+    minus the same transfer with θ0, and per source the targets where each is at least as good as the target's own
+    ticket or matching (the same verdicts as the matrices)."""
+    tasks = [t for t in rewound["tasks"] if t in theta0["tasks"]]
+    sources = [s for s in [*rewound.get("sources", rewound["tasks"]), "oneshot"]
+               if s in theta0["matrix"] and s in rewound["matrix"]]
+    verdicts = {name: transfer_verdicts(r["matrix"], r["full"], tasks, sources)
+                for name, r in (("θ0", theta0), ("θi", rewound))}
+    out = [f"## Does rewinding to θi transfer better than θ0? ({100 * rewound['sparsity']:.0f}% tickets, "
+           f"i = {rewound['rewind']})", "",
+           "Each cell: the θi matrix minus the θ0 matrix, in points (one run each; the targets' full-model std is "
+           "the yardstick). Right: targets where the source is at least as good as the target's own ticket, and "
+           "matching, under θ0 → θi. " + POINTS, "",
+           "| source \\ target | " + " | ".join(tasks) + " | ≥ own θ0 → θi | matching θ0 → θi |",
+           "|---|" + "---:|" * (len(tasks) + 2)]
+    for src in sources:
+        cells = [f"{_scale(t) * (rewound['matrix'][src][t] - theta0['matrix'][src][t]):+.1f}" for t in tasks]
+        own = " → ".join(str(len(verdicts[k][0][src])) for k in ("θ0", "θi"))
+        match = " → ".join(str(len(verdicts[k][1][src])) for k in ("θ0", "θi"))
+        out.append(f"| {src} | " + " | ".join(cells) + f" | {own} | {match} |")
+    out.append("| full model std | " + " | ".join(_fmt(rewound["full"][t]["std"], _scale(t)) for t in tasks) + " | | |")
+    return "\n".join(out)
+
+
 def transfer_plot(result: Dict[str, Any], path: Path) -> None:
     tasks, m = result["tasks"], result["matrix"]
     rows = [*result.get("sources", tasks), "oneshot"]
@@ -239,16 +334,23 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         if r["experiment"] == "imp":
             trajectory_plot(r, out / f"imp-{r['task']}.png")
             sections.append(f"![{r['task']}](imp-{r['task']}.png)")
+    grids = [r for r in results if r["experiment"] == "dense_grid"]
+    if grids:
+        sections.append(dense_grid_markdown(grids))
     t3 = [r for r in results if r["experiment"] == "table3"]
     if t3:
         sections.append(table3_markdown(t3))
         table3_plot(t3, out / "table3.png")
         sections.append("![rewinding](table3.png)")
-    for r in (r for r in results if r["experiment"] == "transfer"):
+    transfers = [r for r in results if r["experiment"] == "transfer"]
+    for r in transfers:
         name = "transfer.png" if not r.get("rewind") else f"transfer-rewind-{r['rewind']}.png"
         sections.append(transfer_markdown(r))
         transfer_plot(r, out / name)
         sections.append(f"![transfer]({name})")
+    theta0 = next((r for r in transfers if not r.get("rewind")), None)
+    for r in (r for r in transfers if r.get("rewind") and theta0 is not None):
+        sections.append(rewind_comparison_markdown(theta0, r))
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -26,7 +25,8 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
-from .verdicts import matching, transfer_verdicts
+from .verdicts import (highest, lead_interval, matching, settle, stats, strictly_matching,
+                       transfer_verdicts)
 
 __all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
            "every_metric", "save_imp", "EXPERIMENTS"]
@@ -89,25 +89,25 @@ def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
 # The Table-2 baselines as small strategies: each makes a model and the ticket to apply on it, from θ0 (the freshly
 # loaded model) and the IMP run of ``config``. They return (ticket, load_weights): whether a θi ticket's rewind
 # weights are copied in (θ0′ and θ0″ keep their own weights).
-def _imp_fresh_head(model, config, sparsity):      # the IMP mask itself, from θ0 with a fresh head
+def _imp_fresh_head(model, config, sparsity, seed):      # the IMP mask itself, from θ0 with a fresh head
     return imp_ticket(config, sparsity), True
 
 
-def _random_pruning(model, config, sparsity):      # a random mask at the same sparsity
-    return random_ticket(imp_ticket(config, sparsity), seed=config.seed), True
+def _random_pruning(model, config, sparsity, seed):      # a random mask at the same sparsity
+    return random_ticket(imp_ticket(config, sparsity), seed=seed), True
 
 
-def _random_reinit(model, config, sparsity):       # θ0′: the IMP mask on freshly initialised weights
-    reinitialize(model, seed=config.seed)
+def _random_reinit(model, config, sparsity, seed):       # θ0′: the IMP mask on freshly initialised weights
+    reinitialize(model, seed=seed)
     return imp_ticket(config, sparsity), False
 
 
-def _shuffled(model, config, sparsity):            # θ0″: the IMP mask on shuffled pre-trained weights
-    shuffle_weights(model, seed=config.seed, mode=config.shuffle_mode)
+def _shuffled(model, config, sparsity, seed):            # θ0″: the IMP mask on shuffled pre-trained weights
+    shuffle_weights(model, seed=seed, mode=config.shuffle_mode)
     return imp_ticket(config, sparsity), False
 
 
-def _oneshot(model, config, sparsity):             # one-shot magnitude pruning of θ0 (no IMP run needed)
+def _oneshot(model, config, sparsity, seed):             # one-shot magnitude pruning of θ0 (no IMP run needed)
     return one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler), True
 
 
@@ -115,22 +115,24 @@ BASELINES = {"random_pruning": _random_pruning, "random_reinit": _random_reinit,
              "oneshot": _oneshot, "imp_fresh_head": _imp_fresh_head}
 
 
-def baseline(config: ExperimentConfig, kind: str, sparsity: float,
-             accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
+def baseline(config: ExperimentConfig, kind: str, sparsity: float, accelerator: Optional[Accelerator] = None,
+             seed: Optional[int] = None) -> Dict[str, Any]:
     """One Table-2 baseline (a strategy of :data:`BASELINES`) at one sparsity, fine-tuned from its starting point
-    with a fresh head. ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head."""
+    with a fresh head. ``imp_fresh_head`` retrains the IMP ticket itself from θ0 with a fresh head. ``seed``
+    (default ``config.seed``) draws the baseline's randomness and the training's; the IMP run stays ``config``'s."""
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
-    settings = {**config.training_settings(), "seed": config.seed, "kind": kind, "sparsity": sparsity,
+    seed = config.seed if seed is None else seed
+    settings = {**config.training_settings(), "seed": seed, "kind": kind, "sparsity": sparsity,
                 "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
                 "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None,
                 **({"prune_pooler": config.prune_pooler} if config.prune_pooler is not None else {})}
 
     def compute(run_dir):
-        model, tuner = prepare(config, accelerator, run_dir / "step-checkpoint")
-        ticket, load_weights = BASELINES[kind](model, config, sparsity)
+        model, tuner = prepare(dataclasses.replace(config, seed=seed), accelerator, run_dir / "step-checkpoint")
+        ticket, load_weights = BASELINES[kind](model, config, sparsity, seed)
         ticket.apply(model, check_weights=kind == "oneshot", load_weights=load_weights)
-        set_seed(config.seed)
+        set_seed(seed)
         return {**tuner.fit(model), "sparsity": ticket.sparsity}
     return cached(Path(config.output_root), f"{kind}-{config.task}", settings, compute, accelerator)
 
@@ -151,8 +153,8 @@ def check_model(config: ExperimentConfig, shuffle: Optional[str] = None) -> None
 
 
 def _full_stats(config: ExperimentConfig, accelerator) -> Dict[str, Any]:
-    runs = [full_model(config, config.seed + i, accelerator)["default"] for i in range(config.seeds)]
-    return {"runs": runs, "mean": statistics.fmean(runs), "std": statistics.pstdev(runs) if len(runs) > 1 else 0.0}
+    """The full model over ``seeds`` fine-tunings: runs, mean, sample std, n."""
+    return stats([full_model(config, config.seed + i, accelerator)["default"] for i in range(config.seeds)])
 
 
 def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
@@ -162,34 +164,62 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     ``head: rewind`` that is the IMP run itself (the head goes back to γ0 with the body, Algorithm 1), at no extra
     cost; otherwise each level's mask is retrained from θ0 with a fresh head (``imp_fresh_head``), and the run's
     own trajectory, whose head was carried across rounds (the reference code), is shown beside it, labelled.
+    With ``verdict_seeds`` k > 1 the decisive levels (the highest matching level and the one above it, under both
+    criteria) get k trainings of their IMP mask from θ0 (the IMP run's own round is the first), repeated until the
+    answer stops moving; the baselines get k seeds at the highest matching level.
     """
     check_model(config, shuffle=config.shuffle_mode if "shuffled" in config.baselines else None)
     full = _full_stats(config, accelerator)
     imp = run_imp(config, accelerator)
-    rows = []
+    runs, carried = {}, {}
     for record in imp["trajectory"][1:]:
         level = record["target_sparsity"]
         if config.head == "rewind" and record["metric"] is not None:
-            row = {"sparsity": level, "imp": record["metric"]}
+            runs[level] = [record["metric"]]
         else:  # also a level whose round was an early-stopped search (no verdict of its own): trained in full here
-            row = {"sparsity": level, "imp": baseline(config, "imp_fresh_head", level, accelerator)["default"],
-                   **({"imp_carried_head": record["metric"]} if config.head != "rewind" else {})}
-        rows.append({**row, "matching": matching(row["imp"], full)})
-    winners = [r["sparsity"] for r in rows if r["matching"]]
-    highest = max(winners) if winners else None
-    at = _baseline_levels(config, [r["sparsity"] for r in rows], highest)
+            runs[level] = [baseline(config, "imp_fresh_head", level, accelerator)["default"]]
+            if config.head != "rewind":
+                carried[level] = record["metric"]
+    k = config.verdict_seeds  # seeds where the verdict is decided, until the decisive levels stop moving
+    settle(runs, full, k, lambda level, i: baseline(config, "imp_fresh_head", level, accelerator,
+                                                    seed=config.seed + i)["default"])
+    top, strict_top = highest(runs, full), highest(runs, full, strict=True)
+    rows = []
+    for level, level_runs in runs.items():
+        imp_stats = stats(level_runs)
+        rows.append({"sparsity": level, "imp": imp_stats["mean"], "imp_stats": imp_stats,
+                     **({"imp_carried_head": carried[level]} if level in carried else {}),
+                     "matching": matching(imp_stats["mean"], full),
+                     "strictly_matching": strictly_matching(imp_stats["mean"], full)})
+    at = _baseline_levels(config, list(runs), top)
     for row in rows:
         if any(abs(row["sparsity"] - s) < 1e-6 for s in at):
+            n = k if top is not None and abs(row["sparsity"] - top) < 1e-6 else 1
             for kind in config.baselines:
-                row[kind] = baseline(config, kind, row["sparsity"], accelerator)["default"]
+                kind_stats = stats([baseline(config, kind, row["sparsity"], accelerator, seed=config.seed + i)["default"]
+                                    for i in range(n)])
+                row[kind], row[f"{kind}_stats"] = kind_stats["mean"], kind_stats
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
         "imp_trajectory": every_metric(imp["trajectory"]),
-        "baselines": config.baselines, "highest_winning_sparsity": highest,
+        "baselines": config.baselines, "verdict_seeds": k, "highest_winning_sparsity": top,
+        "highest_strictly_matching_sparsity": strict_top,
+        "matching_up_to_highest": top is not None and all(r["matching"] for r in rows if r["sparsity"] <= top + 1e-9),
+        "lead": _lead(config, rows, top),
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")
         + ("; masks from early-stopped search rounds, each retrained in full from θ0" if config.early_stop_every else ""),
         "pruned": "encoder matrices, pooler left out" if config.prune_pooler is False else "the paper's set"})
+
+
+def _lead(config: ExperimentConfig, rows: List[Dict[str, Any]], top: Optional[float]) -> Optional[Dict[str, Any]]:
+    """IMP minus the best baseline (by mean) at the highest matching level, with its 95 % interval over seeds."""
+    row = next((r for r in rows if top is not None and abs(r["sparsity"] - top) < 1e-6), None)
+    kinds = [kind for kind in config.baselines if row is not None and f"{kind}_stats" in row]
+    if not kinds:
+        return None
+    best = max(kinds, key=lambda kind: row[kind])
+    return {"sparsity": top, "baseline": best, **lead_interval(row["imp_stats"]["runs"], row[f"{best}_stats"]["runs"])}
 
 
 def _baseline_levels(config: ExperimentConfig, levels, highest: Optional[float]):

@@ -1,15 +1,19 @@
 """The paper's verdicts, kept in one place so the tables and the report cannot disagree.
 
-*Matching* (a winning ticket): a subnetwork's metric within one standard deviation of the full model's mean over
-seeds. In Figure 3 a transferred ticket is *at least as good as the target's own ticket* when it scores within one
+*Matching* (a winning ticket): a subnetwork's metric (its mean over seeds, where it has several) within one sample
+standard deviation of the full model's mean over seeds (the paper's Table 2); *strictly matching*: at least the full
+model's mean (the paper's appendix). In Figure 3 a transferred ticket is *at least as good as the target's own ticket* when it scores within one
 standard deviation (of the target's full model) below the target's own ticket; a source matching on every target
 is *universal*.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import math
+import statistics
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["within_one_std", "matching", "transfer_verdicts"]
+__all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest", "settle",
+           "lead_interval", "transfer_verdicts"]
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
 
@@ -20,7 +24,75 @@ def within_one_std(metric: Optional[float], reference: float, std: float) -> boo
 
 def matching(metric: Optional[float], full: Mapping[str, Any]) -> bool:
     """Within one standard deviation of the full model's mean (``full`` holds ``mean`` and ``std``)."""
-    return within_one_std(metric, full["mean"], full.get("std", 0.0))
+    return within_one_std(metric, full["mean"], full.get("std") or 0.0)
+
+
+def strictly_matching(metric: Optional[float], full: Mapping[str, Any]) -> bool:
+    """At least the full model's mean (the paper's stricter criterion, from its appendix)."""
+    return metric is not None and metric >= full["mean"] - _EPS
+
+
+def stats(runs: Sequence[float]) -> Dict[str, Any]:
+    """``runs`` with their mean, sample standard deviation (None for a single run) and count."""
+    return {"runs": list(runs), "mean": statistics.fmean(runs),
+            "std": statistics.stdev(runs) if len(runs) > 1 else None, "n": len(runs)}
+
+
+def highest(runs: Mapping[float, Sequence[float]], full: Mapping[str, Any], strict: bool = False) -> Optional[float]:
+    """The highest level whose mean over its runs is matching (``strict``: strictly), or None."""
+    test = strictly_matching if strict else matching
+    passed = [level for level, r in runs.items() if test(statistics.fmean(r), full)]
+    return max(passed) if passed else None
+
+
+def decisive_levels(runs: Mapping[float, Sequence[float]], full: Mapping[str, Any]) -> List[float]:
+    """The levels that decide Table 2's answers, from the runs so far: under each criterion the highest matching
+    level and the level above it (the lowest level where none matches). Training more seeds there can move an
+    answer; the caller repeats until every decisive level has its seeds, so a verdict that flips is followed."""
+    levels = sorted(runs)
+    out = set()
+    for strict in (False, True):
+        top = highest(runs, full, strict)
+        if top is None:
+            out.add(levels[0])
+            continue
+        out.add(top)
+        above = [level for level in levels if level > top + 1e-9]
+        if above:
+            out.add(above[0])
+    return sorted(out)
+
+
+def settle(runs: Dict[float, List[float]], full: Mapping[str, Any], k: int,
+           train: Callable[[float, int], float]) -> Dict[float, List[float]]:
+    """Give every decisive level ``k`` runs (``train(level, i)`` is the level's ``i``-th run), re-deciding after
+    each pass, until the decisive levels stop moving. ``runs`` holds each level's runs so far (at least one)."""
+    while True:
+        short = [level for level in decisive_levels(runs, full) if len(runs[level]) < k]
+        if not short:
+            return runs
+        for level in short:
+            runs[level] += [train(level, i) for i in range(len(runs[level]), k)]
+
+
+def lead_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Dict[str, Any]:
+    """mean(a) − mean(b) with Welch's ``confidence`` interval over the seeds (None bounds with a single run on
+    either side), and whether the interval excludes zero."""
+    from scipy import stats as st
+    lead = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return {"lead": lead, "low": None, "high": None, "excludes_zero": None, "n": [len(a), len(b)]}
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        low = high = lead
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        half = st.t.ppf(0.5 + confidence / 2, df) * se
+        low, high = lead - half, lead + half
+    return {"lead": lead, "low": float(low), "high": float(high), "excludes_zero": bool(low > 0 or high < 0),
+            "n": [len(a), len(b)],
+            "confidence": confidence}
 
 
 def transfer_verdicts(matrix: Mapping[str, Mapping[str, float]], full: Mapping[str, Mapping[str, Any]],
@@ -29,6 +101,6 @@ def transfer_verdicts(matrix: Mapping[str, Mapping[str, float]], full: Mapping[s
     """Per source: the targets (not its own task) where it is at least as good as the target's own ticket (the
     diagonal ``matrix[t][t]``), and the targets where it is matching."""
     at_least_own = {s: [t for t in targets if t != s and
-                        within_one_std(matrix[s][t], matrix[t][t], full[t].get("std", 0.0))] for s in sources}
+                        within_one_std(matrix[s][t], matrix[t][t], full[t].get("std") or 0.0)] for s in sources}
     matched = {s: [t for t in targets if matching(matrix[s][t], full[t])] for s in sources}
     return at_least_own, matched
