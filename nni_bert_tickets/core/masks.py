@@ -6,7 +6,7 @@ random) and the sparsity *schedules* of IMP. Nothing here touches a model; see :
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from .targets import check_sparsity
 
 Masks = Dict[str, torch.Tensor]
 
-__all__ = ["Masks", "global_magnitude_masks", "random_masks", "sparsity", "layer_sparsity",
+__all__ = ["Masks", "global_magnitude_masks", "nm_magnitude_masks", "parse_nm", "check_nm", "is_nm", "random_masks", "sparsity", "layer_sparsity",
            "sparsity_schedule", "count_to_prune", "check_same_keys", "pack_bits", "unpack_bits"]
 
 
@@ -50,6 +50,71 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float,
     if k:
         keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
     return _split(keep, weights)
+
+
+def parse_nm(pattern: str) -> Tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``: keep N of every M consecutive input weights; refused unless 0 < N < M."""
+    try:
+        n, m = (int(x) for x in str(pattern).split(":"))
+    except ValueError:
+        raise ValueError(f"an N:M pattern is two whole numbers 'N:M' (keep N of every M), got {pattern!r}; "
+                         "e.g. '2:4'") from None
+    if not 0 < n < m:
+        raise ValueError(f"an N:M pattern keeps N of every M weights with 0 < N < M, got {pattern!r}; e.g. '2:4'")
+    return n, m
+
+
+def check_nm(weights: Mapping[str, torch.Tensor], n: int, m: int, sparsity: Optional[float] = None) -> None:
+    """Refuse, naming the matrix or setting, a pattern that cannot hold: an input dimension (the last) that ``m``
+    does not divide, or a sparsity above the pattern's own, ``1 - n/m``."""
+    for name, weight in weights.items():
+        if weight.dim() < 2 or weight.shape[-1] % m:
+            raise ValueError(f"{name}: input dimension {tuple(weight.shape)[-1:]} is not divisible by M = {m} of "
+                             f"the {n}:{m} pattern")
+    if sparsity is not None and sparsity > 1 - n / m + 1e-9:
+        raise ValueError(f"sparsity {sparsity:g} is beyond what a {n}:{m} pattern allows ({1 - n / m:g})")
+
+
+def nm_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float, n: int, m: int,
+                       masks: Optional[Mapping[str, torch.Tensor]] = None) -> Masks:
+    """Global magnitude pruning that never prunes more than ``m - n`` of any ``m`` consecutive input weights of a
+    row, so that at ``sparsity = 1 - n/m`` the masks are exactly N:M (e.g. 2:4: two of every four kept).
+
+    Below that sparsity it removes the globally smallest weights among each group's ``m - n`` smallest, so IMP
+    can approach the pattern round by round and end on it; weights already pruned by ``masks`` go first and count
+    against their group's allowance (the new masks are nested in the old ones).
+    """
+    check_nm(weights, n, m, sparsity)
+    if masks is not None:
+        check_same_keys(weights, masks)
+    scores = []
+    for name, weight in weights.items():
+        score = weight.detach().abs().float().reshape(-1, m)
+        if masks is not None:
+            score = torch.where(masks[name].reshape(-1, m).to(score.device), score, torch.full_like(score, -1.0))
+        scores.append(score.cpu())
+    groups = torch.cat(scores)                                   # (groups, m)
+    order = groups.argsort(dim=1, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(m).expand_as(order))
+    candidate = rank < m - n                                     # each group's m - n smallest may go
+    flat, may_go = groups.flatten(), candidate.flatten()
+    k = count_to_prune(flat.numel(), sparsity)
+    already = int((flat < 0).sum())
+    if already > k:
+        raise ValueError(f"the masks already prune {already} weights, more than sparsity {sparsity} allows ({k})")
+    if bool(((flat < 0) & ~may_go).any()):
+        raise ValueError(f"the masks already prune more than {m - n} of some {m} consecutive weights: they are not "
+                         f"nested in any {n}:{m} mask")
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k:
+        pool = torch.where(may_go, flat, torch.full_like(flat, float("inf")))
+        keep[torch.topk(pool, k, largest=False, sorted=False).indices] = False
+    return _split(keep, weights)
+
+
+def is_nm(masks: Mapping[str, torch.Tensor], n: int, m: int) -> bool:
+    """Every group of ``m`` consecutive input weights keeps exactly ``n``."""
+    return all(bool((mask.reshape(-1, m).sum(dim=1) == n).all()) for mask in masks.values())
 
 
 def random_masks(weights: Mapping[str, torch.Tensor], sparsity: float, seed: int = 0) -> Masks:

@@ -1,0 +1,80 @@
+"""N:M masks (2:4): global magnitude pruning capped per group of M consecutive input weights."""
+import pytest
+import torch
+
+from nni_bert_tickets.core.masks import is_nm, nm_magnitude_masks, parse_nm, sparsity
+
+
+def _weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"a": torch.randn(8, 16, generator=g), "b": torch.randn(4, 32, generator=g) * 0.5}
+
+
+def _reference_2_4(weights):
+    """Keep the two largest |w| of every four consecutive input weights, group by group, in plain Python."""
+    out = {}
+    for name, w in weights.items():
+        keep = torch.zeros_like(w, dtype=torch.bool)
+        for r in range(w.shape[0]):
+            for c in range(0, w.shape[1], 4):
+                group = [abs(float(w[r, c + j])) for j in range(4)]
+                for j in sorted(range(4), key=lambda j: -group[j])[:2]:
+                    keep[r, c + j] = True
+        out[name] = keep
+    return out
+
+
+def test_at_half_sparsity_the_masks_are_exactly_2_4_by_magnitude():
+    weights = _weights()
+    masks = nm_magnitude_masks(weights, 0.5, 2, 4)
+    assert is_nm(masks, 2, 4) and sparsity(masks) == 0.5
+    reference = _reference_2_4(weights)
+    assert all(torch.equal(masks[k], reference[k]) for k in weights)
+
+
+def test_imp_rounds_approach_the_pattern_and_end_on_it():
+    weights = _weights(1)
+    masks = None
+    for level in (0.1, 0.2, 0.3, 0.4, 0.5):
+        new = nm_magnitude_masks(weights, level, 2, 4, masks)
+        assert sum(int((~m).sum()) for m in new.values()) == round(level * 256)  # as torch rounds
+        if masks is not None:  # nested: no weight revived
+            assert all(bool((new[k] <= masks[k]).all()) for k in new)
+        for k, w in weights.items():  # never more than two of four pruned; the pruned are the smallest allowed
+            groups = new[k].reshape(-1, 4)
+            assert bool((groups.sum(1) >= 2).all())
+        masks = new
+        weights = {k: w * (1 + 0.3 * torch.rand_like(w)) for k, w in weights.items()}  # training moves weights
+    assert is_nm(masks, 2, 4)
+
+
+def test_the_pruned_are_the_globally_smallest_each_group_may_lose():
+    weights = _weights(2)
+    masks = nm_magnitude_masks(weights, 0.3, 2, 4)
+    pruned, allowed = [], []
+    for k, w in weights.items():
+        groups, kept = w.abs().reshape(-1, 4), masks[k].reshape(-1, 4)
+        two_smallest = groups.argsort(dim=1)[:, :2]
+        for g in range(groups.shape[0]):
+            for j in two_smallest[g].tolist():
+                (allowed if kept[g, j] else pruned).append(float(groups[g, j]))
+        assert bool((~kept).sum(1).le(2).all())
+    assert max(pruned) <= min(allowed)
+
+
+@pytest.mark.parametrize("pattern, message", [("4:2", "0 < N < M"), ("2-4", "two whole numbers"),
+                                              ("0:4", "0 < N < M")])
+def test_bad_patterns_are_refused(pattern, message):
+    with pytest.raises(ValueError, match=message):
+        parse_nm(pattern)
+
+
+def test_a_pattern_that_cannot_hold_is_refused_naming_the_matrix_or_setting():
+    with pytest.raises(ValueError, match=r"odd: input dimension \(6,\) is not divisible by M = 4"):
+        nm_magnitude_masks({"odd": torch.randn(4, 6)}, 0.5, 2, 4)
+    with pytest.raises(ValueError, match="sparsity 0.6 is beyond what a 2:4 pattern allows"):
+        nm_magnitude_masks(_weights(), 0.6, 2, 4)
+    unstructured = {k: torch.ones_like(w, dtype=torch.bool) for k, w in _weights().items()}
+    unstructured["a"][0, :3] = False  # three of one group of four already gone
+    with pytest.raises(ValueError, match="not nested in any 2:4 mask"):
+        nm_magnitude_masks(_weights(), 0.5, 2, 4, unstructured)
