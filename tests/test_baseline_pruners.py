@@ -304,3 +304,15 @@ def test_torch_imp_rewinds_survivors_in_weight_orig_and_refuses_bad_input():
     with pytest.raises(ValueError, match="already pruned"):
         torch_imp(fresh, train, 0.5)
     assert not starts[3:]  # nothing trained
+
+
+def test_the_pruners_page_snippets_run():
+    """docs/pruners.md promises snippets that run as written, top to bottom."""
+    import pathlib
+    import re
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "pruners.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) >= 5
+    namespace = {}
+    exec(compile("\n".join(blocks), "docs/pruners.md", "exec"), namespace)
+    assert namespace["ticket"].sparsity == pytest.approx(0.5, abs=1e-3) and len(namespace["tickets"]) == 3
