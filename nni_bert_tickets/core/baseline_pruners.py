@@ -15,7 +15,6 @@ A ``sparse_ratio`` is not needed (the sparsity is the mask's); where one is give
 """
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -31,7 +30,6 @@ from .targets import prunable_modules, ticket_key
 from .ticket import Ticket, TicketError
 
 __all__ = ["ReinitPruner", "ShuffledPruner", "mask_config_list"]
-_log = logging.getLogger(__name__)
 _NNIMasks = Dict[str, Dict[str, torch.Tensor]]
 GivenMask = Union[Ticket, Mapping[str, Mapping[str, torch.Tensor]]]
 
@@ -43,6 +41,7 @@ def mask_config_list(model: torch.nn.Module, mask: GivenMask) -> List[Dict[str, 
 
 class _GivenMaskPruner(_TicketPruner):
     """A given mask on starting weights that :meth:`_draw_weights` makes (in place, on the unwrapped model)."""
+    algorithm = ""  # what its tickets record, as the runner names the baseline
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator | None = None, *,
                  mask: Optional[GivenMask] = None, seed: int = 0, existed_wrappers=None):
@@ -53,14 +52,24 @@ class _GivenMaskPruner(_TicketPruner):
         self._given = _module_masks(model, mask)  # a mask for another model fails here, before anything is wrapped
         _check_ratios(_selected(model, config_list, self._given, who), self._given, who)
         super().__init__(model, config_list, evaluator, existed_wrappers)
-        self.seed = seed
+        self.seed, self._drawn = seed, False
 
     def _draw_weights(self, model: torch.nn.Module) -> None:
         raise NotImplementedError
 
+    def ticket(self, **meta: Any) -> Ticket:
+        """The mask on these weights as a :class:`Ticket` (fingerprinted on them), named after the baseline."""
+        return super().ticket(**{"algorithm": self.algorithm, "seed": self.seed, **meta})
+
     def _single_compress(self, max_steps, max_epochs):
         """Draw the starting weights on the plain model (the initialisers and permutations see its own modules and
-        parameters, exactly as the functions do), hand them to NNI's wrappers, then install the mask."""
+        parameters, exactly as the functions do), hand them to NNI's wrappers, then install the mask. The weights
+        are drawn once: a second ``compress()`` gives the same model and masks."""
+        if not self._drawn:
+            self._draw_once()
+        self._install({name: {"weight": mask.float()} for name, mask in self._given.items()})
+
+    def _draw_once(self) -> None:
         self.unwrap_model()
         try:
             self._draw_weights(self.bound_model)
@@ -70,7 +79,7 @@ class _GivenMaskPruner(_TicketPruner):
                     spaces["weight"].target.copy_(module.weight)
         finally:
             self.wrap_model()
-        self._install({name: {"weight": mask.float()} for name, mask in self._given.items()})
+        self._drawn = True
 
     def compress(self) -> Tuple[torch.nn.Module, _NNIMasks]:  # type: ignore[override]
         return super().compress(None, None)
@@ -83,6 +92,8 @@ class ReinitPruner(_GivenMaskPruner):
     >>> pruner = ReinitPruner(model, mask_config_list(model, ticket), mask=ticket, seed=0)
     >>> model, masks = pruner.compress()
     """
+
+    algorithm = "random_reinit"
 
     def _draw_weights(self, model: torch.nn.Module) -> None:
         reinitialize(model, seed=self.seed)
@@ -105,6 +116,8 @@ class ShuffledPruner(_GivenMaskPruner):
             check_layer_shuffle(model)
         self.shuffle_mode = mode  # NNI keeps its compressor kind in `mode`
         super().__init__(model, config_list, evaluator, mask=mask, seed=seed, existed_wrappers=existed_wrappers)
+
+    algorithm = "shuffled"
 
     def _draw_weights(self, model: torch.nn.Module) -> None:
         shuffle_weights(model, seed=self.seed, mode=self.shuffle_mode)
