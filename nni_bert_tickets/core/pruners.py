@@ -43,9 +43,11 @@ class _TicketPruner(Pruner):
         return None
 
     def _pools(self) -> Dict[Any, Dict[str, Any]]:
-        """Target spaces by pool: one pool per ``global_group_id``, else one per target."""
+        """Target spaces by pool: one pool per ``global_group_id``, else one per target; in model order (NNI's
+        own order is that of a set of names, which changes with Python's hash seed, and so would a random mask)."""
         pools: Dict[Any, Dict[str, Any]] = defaultdict(dict)
-        for module_name, spaces in self._target_spaces.items():
+        order = {name: i for i, (name, _) in enumerate(self.bound_model.named_modules())}
+        for module_name, spaces in sorted(self._target_spaces.items(), key=lambda item: order.get(item[0], len(order))):
             for target_name, space in spaces.items():
                 if space.sparse_ratio is None:
                     continue
@@ -287,13 +289,19 @@ class IMPPruner(_TicketPruner, ResumeState):
         return {unwrapped_name(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
 
     def _seed_everything(self, level: int) -> None:
-        seed = self.seed * 1000 + level
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        seed_round(self.seed, level)
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
+
+
+def seed_round(seed: int, level: int) -> None:
+    """Seed Python, NumPy and torch for IMP round ``level`` of a run seeded with ``seed`` (as every IMP driver does
+    before training a round, so equal seeds give equal rounds)."""
+    seed = seed * 1000 + level
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str) -> None:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Optional
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket, reinitialize, shuffle_weights
+from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket
+from ..core.baseline_pruners import ReinitPruner, ShuffledPruner, mask_config_list
 from .config import ExperimentConfig, load_yaml, unit_name
 from .imp_run import imp_run_dir, prepare, run_imp
 from ..core.files import atomic_write_text
@@ -98,13 +99,21 @@ def _random_pruning(model, config, sparsity, seed):      # a random mask at the 
 
 
 def _random_reinit(model, config, sparsity, seed):       # θ0′: the IMP mask on freshly initialised weights
-    reinitialize(model, seed=seed)
-    return imp_ticket(config, sparsity), False
+    ticket = imp_ticket(config, sparsity)
+    _on_own_weights(ReinitPruner(model, mask_config_list(model, ticket), mask=ticket, seed=seed))
+    return ticket, False
 
 
 def _shuffled(model, config, sparsity, seed):            # θ0″: the IMP mask on shuffled pre-trained weights
-    shuffle_weights(model, seed=seed, mode=config.shuffle_mode)
-    return imp_ticket(config, sparsity), False
+    ticket = imp_ticket(config, sparsity)
+    _on_own_weights(ShuffledPruner(model, mask_config_list(model, ticket), mask=ticket, seed=seed,
+                                   mode=config.shuffle_mode))
+    return ticket, False
+
+
+def _on_own_weights(pruner) -> None:               # the pruner draws the weights; the ticket is applied for training
+    pruner.compress()
+    pruner.unwrap_model()
 
 
 def _oneshot(model, config, sparsity, seed):             # one-shot magnitude pruning of θ0 (no IMP run needed)
