@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
+from .digest import DIGEST_KEY, ticket_digest
 from .files import atomic_write
 from .architectures import model_type as type_of
 from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
@@ -280,11 +281,14 @@ class Ticket:
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()
         header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str),
                   "mask_shapes": json.dumps({k: list(m.shape) for k, m in self.masks.items()}, sort_keys=True)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        header[DIGEST_KEY] = ticket_digest(header, tensors)  # load refuses a file whose content no longer has it
+        size = sum(t.numel() * t.element_size() + 100 for t in tensors.values()) + len(json.dumps(header))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header), size=size)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Ticket":
-        """Read a ticket written by :meth:`save`; a truncated or foreign file raises :class:`TicketError`."""
+        """Read a ticket written by :meth:`save`; a truncated, altered or foreign file raises :class:`TicketError`
+        (a file written before tickets carried a digest loads, with a logged note)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no ticket file at {path}")
@@ -309,6 +313,7 @@ class Ticket:
         weights = {k[len("weight/"):]: t for k, t in tensors.items() if k.startswith("weight/")} or None
         if shapes is not None:
             masks = _unpack(path, masks, shapes)
+        _check_digest(path, header, tensors)  # after the checks that name what is wrong with a damaged file
         if not masks or any(t.dtype != torch.bool for t in masks.values()):
             raise TicketError(f"{path} holds no bool masks; not a ticket file")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -357,6 +362,20 @@ class _GradMask:
         if mask is None:
             mask = self.masks[grad.device] = next(iter(self.masks.values())).to(grad.device)
         return grad * mask
+
+
+def _check_digest(path: str, header: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a file whose masks, weights or metadata are not those its digest was computed on."""
+    known = {"format", "meta", "mask_shapes", DIGEST_KEY}
+    if set(header) - known:  # e.g. the digest's own name altered, which would pass it off as an older file
+        raise TicketError(f"{path} has header entries a ticket never has ({sorted(set(header) - known)}): the file "
+                          "was altered or is not a ticket")
+    if DIGEST_KEY not in header:
+        _log.info("%s carries no digest (written before nni_bert_tickets 0.2): alterations cannot be detected", path)
+        return
+    if ticket_digest(header, tensors) != header[DIGEST_KEY]:
+        raise TicketError(f"{path} was altered: its masks, weights or metadata no longer match the SHA-256 digest "
+                          "it was saved with (a damaged download or an edited file); get a fresh copy")
 
 
 def _unpack(path: str, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, Any]) -> Dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ is being swapped in, so a kill at any moment leaves one whole checkpoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from safetensors.torch import save_file
 
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, no_space_error
 
 __all__ = ["PROGRESS", "read_progress", "save_checkpoint", "clear_checkpoint"]
 _log = logging.getLogger(__name__)
@@ -45,19 +46,33 @@ def save_checkpoint(accelerator, folder: str, progress: Dict[str, Any], extras: 
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for name, extra in extras.items():
+                save_file({k: v.contiguous() for k, v in extra.state_dict().items()},
+                          os.path.join(tmp, f"extra-{name}.safetensors"))
+            atomic_write_text(os.path.join(tmp, PROGRESS), json.dumps(progress))  # last: its presence means complete
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        written = _size(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint, if any, stays the one to resume from
+        previous = _size(folder) if os.path.isdir(folder) else None
+        raise no_space_error(tmp, os.path.dirname(os.path.abspath(folder)), previous, written) from err
     if accelerator.is_main_process:
-        for name, extra in extras.items():
-            save_file({k: v.contiguous() for k, v in extra.state_dict().items()},
-                      os.path.join(tmp, f"extra-{name}.safetensors"))
-        atomic_write_text(os.path.join(tmp, PROGRESS), json.dumps(progress))  # last: its presence means complete
         if os.path.isdir(folder):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(folder, old)
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _size(folder: str) -> int:
+    """Bytes of the files under ``folder`` (what a checkpoint of the same run needs again)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
 def clear_checkpoint(accelerator, folder: Optional[str]) -> None:
