@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
-from .digest import DIGEST_KEY, ticket_digest
+from .digest import DIGEST_KEY, digest_problem, ticket_digest
 from .files import atomic_write
 from .architectures import model_type as type_of
 from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
@@ -313,11 +313,31 @@ class Ticket:
         weights = {k[len("weight/"):]: t for k, t in tensors.items() if k.startswith("weight/")} or None
         if shapes is not None:
             masks = _unpack(path, masks, shapes)
-        _check_digest(path, header, tensors)  # after the checks that name what is wrong with a damaged file
+        problem = digest_problem(path, header, tensors)  # after the checks that name what is wrong with a damaged file
+        if problem:
+            raise TicketError(f"{path} {problem}")
         if not masks or any(t.dtype != torch.bool for t in masks.values()):
             raise TicketError(f"{path} holds no bool masks; not a ticket file")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(masks=masks, weights=weights, **{k: v for k, v in meta.items() if k in fields and k != "masks"})
+
+    # ---- sharing: a folder with the file and a model card, the Hugging Face Hub's way (see .hub) ---------------
+    def save_pretrained(self, folder: str | os.PathLike, **card: Any):
+        """``ticket.safetensors`` and a model card in ``folder`` (``card``: :func:`.hub.save_pretrained`'s facts)."""
+        from .hub import save_pretrained
+        return save_pretrained(self, folder, **card)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike, revision: Optional[str] = None,
+                        **hub: Any) -> "Ticket":
+        """A ticket from a ticket folder or a Hub repository (offline: from the Hub cache), checked against its card."""
+        from .hub import from_pretrained
+        return from_pretrained(repo_id_or_folder, revision, **hub)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the folder :meth:`save_pretrained` writes to the Hub repository ``repo_id``."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 class AppliedTicket:
@@ -362,20 +382,6 @@ class _GradMask:
         if mask is None:
             mask = self.masks[grad.device] = next(iter(self.masks.values())).to(grad.device)
         return grad * mask
-
-
-def _check_digest(path: str, header: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> None:
-    """Refuse a file whose masks, weights or metadata are not those its digest was computed on."""
-    known = {"format", "meta", "mask_shapes", DIGEST_KEY}
-    if set(header) - known:  # e.g. the digest's own name altered, which would pass it off as an older file
-        raise TicketError(f"{path} has header entries a ticket never has ({sorted(set(header) - known)}): the file "
-                          "was altered or is not a ticket")
-    if DIGEST_KEY not in header:
-        _log.info("%s carries no digest (written before nni_bert_tickets 0.2): alterations cannot be detected", path)
-        return
-    if ticket_digest(header, tensors) != header[DIGEST_KEY]:
-        raise TicketError(f"{path} was altered: its masks, weights or metadata no longer match the SHA-256 digest "
-                          "it was saved with (a damaged download or an edited file); get a fresh copy")
 
 
 def _unpack(path: str, packed: Mapping[str, torch.Tensor], shapes: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
