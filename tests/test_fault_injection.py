@@ -145,8 +145,8 @@ def test_sigterm_during_training_saves_a_step_checkpoint_on_the_way_out(in_time,
         assert not folder.exists()
         return
     assert json.loads((folder / "progress.json").read_text())["step"] == 3
-    straight, straight_model = fit(tmp_path / "straight")
     monkeypatch.setattr(FineTuner, "training_step", staticmethod(original))
+    straight, straight_model = fit(tmp_path / "straight")
     resumed, resumed_model = fit(folder)
     assert resumed == straight
     a, b = straight_model.state_dict(), resumed_model.state_dict()
