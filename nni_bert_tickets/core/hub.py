@@ -36,6 +36,7 @@ CITATION = """@inproceedings{chen2020lottery,
   year = {2020}
 }"""
 _TASK_TYPES = {"squad": "question-answering", "mlm": "fill-mask"}  # the rest: text classification (GLUE)
+_MODEL_CLASSES = {"squad": "AutoModelForQuestionAnswering", "mlm": "AutoModelForMaskedLM"}
 
 
 def save_pretrained(ticket: Ticket, folder: Union[str, os.PathLike], *, metric: Optional[str] = None,
@@ -98,7 +99,8 @@ def _card(ticket: Ticket, facts: Dict[str, Any], license: str, dataset: Optional
     rows = [("task", task), ("base model", ticket.base_model or "unknown"), ("sparsity", f"{facts['sparsity']:.2%}"),
             ("metric", facts.get("metric", "not recorded")), ("value", facts.get("value", "not recorded")),
             ("full model", ", ".join(f"{k} {v}" for k, v in full.items()) or "not recorded"),
-            ("found by", facts["found_by"]), ("SHA-256 of the ticket", facts[DIGEST_KEY])]
+            ("found by", facts["found_by"]), *([("θ0", ticket.theta0)] if ticket.theta0 else []),
+            ("SHA-256 of its masks and metadata", f"`{facts[DIGEST_KEY]}` (checked on loading)")]
     body = [f"# A lottery ticket for {ticket.base_model or 'a BERT model'} on {task}", "",
             "Masks (which weights to keep) of a subnetwork of the pre-trained model, found with nni_bert_tickets "
             "(the Lottery Ticket Hypothesis for pre-trained BERT networks, Chen et al. 2020). The file holds masks "
@@ -107,10 +109,11 @@ def _card(ticket: Ticket, facts: Dict[str, Any], license: str, dataset: Optional
             "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     if notes:
         body += [notes, ""]
-    body += ["## Use", "", "```python", "from transformers import AutoModelForSequenceClassification",
+    auto = _MODEL_CLASSES.get(task, "AutoModelForSequenceClassification")
+    body += ["## Use", "", "```python", f"from transformers import {auto}",
              "from nni_bert_tickets import Ticket", "",
              "ticket = Ticket.from_pretrained(\"<this repository or folder>\")",
-             f"model = AutoModelForSequenceClassification.from_pretrained(\"{ticket.base_model or '<base model>'}\")",
+             f"model = {auto}.from_pretrained(\"{ticket.base_model or '<base model>'}\")",
              "ticket.apply(model)  # pruned weights zeroed and kept at zero while fine-tuning", "```", "",
              "`apply` refuses a model whose weights are not the ones the ticket was found on (its fingerprint).", "",
              "## Citation", "", "```bibtex", CITATION, "```", ""]

@@ -29,7 +29,7 @@ from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
 from .verdicts import matching, transfer_verdicts
 
-__all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
+__all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
            "every_metric", "save_imp", "EXPERIMENTS"]
 _log = logging.getLogger(__name__)
 
@@ -72,7 +72,12 @@ def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accele
 
 def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     """The ticket at ``sparsity`` from the IMP run of ``config`` (which must have passed that level)."""
-    run_dir = imp_run_dir(config)
+    return ticket_at(imp_run_dir(config), sparsity)
+
+
+def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
+    """The ticket at ``sparsity`` from the IMP run in ``run_dir``, with a θi run's rewind weights."""
+    run_dir = Path(run_dir)
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
