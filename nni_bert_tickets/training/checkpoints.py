@@ -98,6 +98,11 @@ class SigtermWatch:
             self.received = time.monotonic()
             _log.warning("SIGTERM received: stopping after the step in progress")
 
+    @property
+    def pending(self) -> bool:
+        """A SIGTERM was noted and not yet passed on."""
+        return self.enabled and self.received is not None
+
     def in_time(self, save_s: float) -> bool:
         """Whether a save taking about ``save_s`` seconds would end within :data:`TERM_GRACE_S` of the signal."""
         return self.received is not None and time.monotonic() - self.received + save_s <= TERM_GRACE_S

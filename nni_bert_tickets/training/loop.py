@@ -184,22 +184,24 @@ class FineTuner:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
                 progress = {"step": self.optimizer_steps, "total": total, "data_seed": data_seed}
-                if config.checkpoint_steps and self.checkpoint_dir and self.optimizer_steps % config.checkpoint_steps == 0 \
-                        and self.optimizer_steps < total:
-                    save_s = time.monotonic()
+                saved = config.checkpoint_steps and self.checkpoint_dir and \
+                    self.optimizer_steps % config.checkpoint_steps == 0 and self.optimizer_steps < total
+                if saved:
+                    start = time.monotonic()
                     save_checkpoint(self.accelerator, self.checkpoint_dir, progress, self.checkpoint_extras)
-                    self._save_s = time.monotonic() - save_s
-                    if term is not None and term.received is not None:
-                        term.terminate()  # the step's checkpoint is saved already
-                if term is not None and term.received is not None:
-                    self._save_on_the_way_out(term, progress)
+                    self._save_s = time.monotonic() - start
+                if term is not None and term.pending:  # a SIGTERM came: end after this step, saved if there is time
+                    self._save_on_the_way_out(term, progress, saved)
                 if self.optimizer_steps >= total:
                     break
         bar.close()
 
-    def _save_on_the_way_out(self, term: SigtermWatch, progress: Dict[str, Any]) -> None:
-        """After a SIGTERM: save a step checkpoint if it can be written in time, then end as SIGTERM ends."""
-        if term.in_time(self._save_s):
+    def _save_on_the_way_out(self, term: SigtermWatch, progress: Dict[str, Any], saved: bool) -> None:
+        """After a SIGTERM: save a step checkpoint (unless this step's is ``saved``) if it can be written in time,
+        then end as SIGTERM ends."""
+        if saved:
+            _log.warning("SIGTERM: the step checkpoint at step %d is saved; a rerun resumes from it", progress["step"])
+        elif term.in_time(self._save_s):
             save_checkpoint(self.accelerator, self.checkpoint_dir, progress, self.checkpoint_extras)
             _log.warning("SIGTERM: saved a step checkpoint at step %d of %d in %s; a rerun resumes from it",
                          progress["step"], progress["total"], self.checkpoint_dir)
