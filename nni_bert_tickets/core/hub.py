@@ -23,7 +23,8 @@ from .digest import DIGEST_KEY
 from .files import atomic_write_text
 from .ticket import Ticket, TicketError
 
-__all__ = ["TICKET_FILE", "CARD_FILE", "CITATION", "save_pretrained", "from_pretrained", "push_to_hub", "read_card"]
+__all__ = ["TICKET_FILE", "CARD_FILE", "CITATION", "save_pretrained", "from_pretrained", "push_to_hub", "load_folder",
+           "read_card"]
 _log = logging.getLogger(__name__)
 TICKET_FILE = "ticket.safetensors"
 CARD_FILE = "README.md"
