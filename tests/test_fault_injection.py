@@ -1,5 +1,6 @@
-"""Fault injection: `examples/glue.py` killed with SIGKILL at seeded random moments, rerun until it finishes,
-gives the masks and metrics of a run that was never killed (round files, step checkpoints, atomic writes)."""
+"""Fault injection: `examples/glue.py` killed with SIGKILL or SIGTERM at seeded random moments, rerun until it
+finishes, gives the masks and metrics of a run that was never killed (round files, step checkpoints, atomic writes);
+a SIGTERM during training saves a step checkpoint on the way out."""
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -30,8 +32,8 @@ def _tiny_model(path: Path, minilm_path: str) -> str:
     return str(path)
 
 
-def _run(config: Path, env, kill_after=None, watch: Path = None) -> int:
-    """Run the driver; SIGKILL it ``kill_after`` seconds after start. ``watch``: record in ``_run.started`` when a
+def _run(config: Path, env, kill_after=None, watch: Path = None, sig=signal.SIGKILL) -> int:
+    """Run the driver; send it ``sig`` ``kill_after`` seconds after start. ``watch``: record in ``_run.started`` when a
     run directory first appears there (loading done, training begins)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "glue.py"), "--config", str(config)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -44,12 +46,12 @@ def _run(config: Path, env, kill_after=None, watch: Path = None) -> int:
     try:
         return proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         proc.wait()
-        return -signal.SIGKILL
+        return -sig
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, minilm_path, glue_dir):
+def test_sigkill_and_sigterm_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, minilm_path, glue_dir):
     model = _tiny_model(tmp_path / "model", minilm_path)
     settings = dict(task="wnli", model=model, data_dir=glue_dir, max_train_samples=64, max_eval_samples=16,
                     max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.4, step=0.1,
@@ -68,11 +70,12 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     # a run killed after faster loading (a warm dataset cache, less load beside it) still dies at least 3 times.
     rng = random.Random(2024)
     kills = 0
-    for _ in range(20):  # each try resumes where the last one was killed
-        code = _run(tmp_path / "killed.yaml", env, kill_after=loading + rng.uniform(0.0, 0.2) * work)
+    for attempt in range(20):  # each try resumes where the last one was killed; SIGTERM and SIGKILL in turn
+        sig = (signal.SIGTERM, signal.SIGKILL)[attempt % 2]
+        code = _run(tmp_path / "killed.yaml", env, kill_after=loading + rng.uniform(0.0, 0.2) * work, sig=sig)
         if code == 0:
             break
-        assert code == -signal.SIGKILL
+        assert code == -sig  # a SIGTERM still ends the process as SIGTERM does (after its step checkpoint)
         kills += 1
     assert kills >= 3, "the kills came too late to interrupt the run"
     assert _run(tmp_path / "killed.yaml", env) == 0  # to the end (a no-op if the last try finished)
@@ -90,3 +93,62 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     leftovers = [p.name for p in killed_dir.rglob("*") if p.name.startswith((".tmp-", "step-checkpoint"))]
     assert leftovers == []
     shutil.rmtree(tmp_path / "hf-cache", ignore_errors=True)
+
+
+class _Terminated(Exception):
+    pass
+
+
+@pytest.mark.parametrize("in_time", [True, False])
+def test_sigterm_during_training_saves_a_step_checkpoint_on_the_way_out(in_time, tmp_path, minilm_path, glue_dir,
+                                                                      monkeypatch):
+    """In-process: SIGTERM at step 3 of 6 (checkpoint_steps 100, so no regular checkpoint is due); the handler this
+    process had before (raising, instead of ending pytest) runs once the checkpoint is saved; a rerun resumes from
+    it to the weights and metrics of a run that was never stopped. Without time to save, none is saved."""
+    from accelerate.utils import set_seed
+    from nni_bert_tickets.experiments.config import ExperimentConfig
+    from nni_bert_tickets.experiments.imp_run import prepare
+    from nni_bert_tickets.training import checkpoints
+    from nni_bert_tickets.training.loop import FineTuner
+    config = ExperimentConfig(task="rte", model=minilm_path, data_dir=glue_dir, max_train_samples=48,
+                              max_eval_samples=16, batch_size=8, max_steps=6, learning_rate=1e-4, seed=3,
+                              max_length=64, checkpoint_steps=100, output_root=str(tmp_path)).validate()
+
+    def fit(folder):
+        model, tuner = prepare(config, None, folder)
+        set_seed(config.seed)
+        return tuner.fit(model), model
+    steps = []
+    original = FineTuner.training_step
+
+    def step(batch, model):
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # noted; the step goes on
+        return original(batch, model)
+    monkeypatch.setattr(FineTuner, "training_step", staticmethod(step))
+    if not in_time:
+        monkeypatch.setattr(checkpoints, "TERM_GRACE_S", -1.0)
+
+    def terminated(signum, frame):
+        raise _Terminated()
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        with pytest.raises(_Terminated):
+            fit(tmp_path / "stopped")
+        assert signal.getsignal(signal.SIGTERM) is terminated  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(steps) == 3  # stopped right after the step the signal came in
+    folder = tmp_path / "stopped"
+    if not in_time:
+        assert not folder.exists()
+        return
+    assert json.loads((folder / "progress.json").read_text())["step"] == 3
+    monkeypatch.setattr(FineTuner, "training_step", staticmethod(original))
+    straight, straight_model = fit(tmp_path / "straight")
+    resumed, resumed_model = fit(folder)
+    assert resumed == straight
+    a, b = straight_model.state_dict(), resumed_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not folder.exists()  # removed once training ended

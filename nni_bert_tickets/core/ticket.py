@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
+from .digest import DIGEST_KEY, digest_problem, ticket_digest
 from .files import atomic_write
 from .architectures import model_type as type_of
 from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
@@ -280,11 +281,14 @@ class Ticket:
             tensors[f"weight/{k}"] = w.detach().cpu().contiguous()
         header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str),
                   "mask_shapes": json.dumps({k: list(m.shape) for k, m in self.masks.items()}, sort_keys=True)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        header[DIGEST_KEY] = ticket_digest(header, tensors)  # load refuses a file whose content no longer has it
+        size = sum(t.numel() * t.element_size() + 100 for t in tensors.values()) + len(json.dumps(header))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header), size=size)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Ticket":
-        """Read a ticket written by :meth:`save`; a truncated or foreign file raises :class:`TicketError`."""
+        """Read a ticket written by :meth:`save`; a truncated, altered or foreign file raises :class:`TicketError`
+        (a file written before tickets carried a digest loads, with a logged note)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no ticket file at {path}")
@@ -309,10 +313,31 @@ class Ticket:
         weights = {k[len("weight/"):]: t for k, t in tensors.items() if k.startswith("weight/")} or None
         if shapes is not None:
             masks = _unpack(path, masks, shapes)
+        problem = digest_problem(path, header, tensors)  # after the checks that name what is wrong with a damaged file
+        if problem:
+            raise TicketError(f"{path} {problem}")
         if not masks or any(t.dtype != torch.bool for t in masks.values()):
             raise TicketError(f"{path} holds no bool masks; not a ticket file")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(masks=masks, weights=weights, **{k: v for k, v in meta.items() if k in fields and k != "masks"})
+
+    # ---- sharing: a folder with the file and a model card, the Hugging Face Hub's way (see .hub) ---------------
+    def save_pretrained(self, folder: str | os.PathLike, **card: Any):
+        """``ticket.safetensors`` and a model card in ``folder`` (``card``: :func:`.hub.save_pretrained`'s facts)."""
+        from .hub import save_pretrained
+        return save_pretrained(self, folder, **card)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_folder: str | os.PathLike, revision: Optional[str] = None,
+                        **hub: Any) -> "Ticket":
+        """A ticket from a ticket folder or a Hub repository (offline: from the Hub cache), checked against its card."""
+        from .hub import from_pretrained
+        return from_pretrained(repo_id_or_folder, revision, **hub)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Upload the folder :meth:`save_pretrained` writes to the Hub repository ``repo_id``."""
+        from .hub import push_to_hub
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 class AppliedTicket:

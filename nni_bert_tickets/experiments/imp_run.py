@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 from . import tracking
 
 from .config import ExperimentConfig
+from .locks import unit_lock
 from ..tasks import get_task
 from ..core.files import atomic_write_text
 from ..core.imp_state import STATE_FILE, THETA_I_FILE
@@ -73,10 +74,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     finished = run_dir / "metrics.json"
     if finished.exists():
         _log.info("%s is finished already; nothing to do", run_dir)
-        results = json.loads(finished.read_text())
-        if accelerator.is_main_process:  # a tidy-up cut short, or a finished run now kept smaller
-            tidy_finished(run_dir / "imp", config.keep, results["trajectory"])
-        return results
+        return _finished(run_dir, config, accelerator)
     longer = imp_run_dir(config)
     if longer != run_dir:  # IMP's first rounds do not depend on where it stops: read them, train nothing
         results = json.loads((longer / "metrics.json").read_text())
@@ -94,7 +92,25 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
         config_list = bert_config_list(model, config.target_sparsity, pooler=config.prune_pooler)
     finally:
         logging.getLogger().removeHandler(early)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with unit_lock(run_dir, accelerator):  # one writer per run: another process may be training it
+        if finished.exists():
+            early.close()
+            _log.info("%s was finished by another process; its results are reused", run_dir.name)
+            return _finished(run_dir, config, accelerator)
+        return _train(config, accelerator, on_round, run_dir, model, tuner, config_list, early)
+
+
+def _finished(run_dir: Path, config: ExperimentConfig, accelerator: Accelerator) -> Dict[str, Any]:
+    results = json.loads((run_dir / "metrics.json").read_text())
+    if accelerator.is_main_process:  # a tidy-up cut short, or a finished run now kept smaller
+        tidy_finished(run_dir / "imp", config.keep, results["trajectory"])
+    return results
+
+
+def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir: Path, model, tuner, config_list,
+           early: logging.Handler) -> Dict[str, Any]:
+    """The IMP run itself, in ``run_dir`` (which this process holds the lock of), logging to its ``log.txt``."""
+    finished = run_dir / "metrics.json"
     handler = _log_to(run_dir / "log.txt", config.log_level) if accelerator.is_main_process else None
     if handler is not None:
         early.setTarget(handler)

@@ -21,6 +21,7 @@ from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, ran
 from ..core.baseline_pruners import ReinitPruner, ShuffledPruner, mask_config_list
 from .config import ExperimentConfig, load_yaml, unit_name
 from .imp_run import imp_run_dir, prepare, run_imp
+from .locks import unit_lock
 from ..core.files import atomic_write_text
 from ..core.targets import prunable_modules
 from ..tasks import get_task
@@ -29,29 +30,33 @@ from .tracking import log_values, unit_run
 from .verdicts import (highest, lead_interval, matching, settle, stats, strictly_matching,
                        transfer_verdicts)
 
-__all__ = ["cached", "full_model", "imp_ticket", "baseline", "table2", "table3", "transfer", "check_model",
+__all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
            "every_metric", "save_imp", "EXPERIMENTS"]
 _log = logging.getLogger(__name__)
 
 
 def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[Path], Dict[str, Any]],
            accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
-    """Run ``compute(run_dir)`` once per distinct ``settings``; later calls read ``result.json``."""
+    """Run ``compute(run_dir)`` once per distinct ``settings``; later calls read ``result.json``. A process that
+    finds the unit being computed by another waits for it and reuses its result (:mod:`.locks`)."""
     run_dir = Path(root) / unit_name(kind, settings)
     result = run_dir / "result.json"
     if result.exists():
         return json.loads(result.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    main = accelerator is None or accelerator.is_main_process
-    if main:
-        atomic_write_text(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
-    _log.info("running %s", run_dir.name)
-    with unit_run(accelerator, run_dir.name):  # with report_to: this unit's tracker run
-        value = compute(run_dir)
-        log_values(accelerator, "eval", value)
-    if main:
-        atomic_write_text(result, json.dumps(value, indent=1, default=str))
-    return value
+    with unit_lock(run_dir, accelerator):  # one writer per unit: another process may be computing it
+        if result.exists():
+            _log.info("%s was finished by another process; its result is reused", run_dir.name)
+            return json.loads(result.read_text())
+        main = accelerator is None or accelerator.is_main_process
+        if main:
+            atomic_write_text(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
+        _log.info("running %s", run_dir.name)
+        with unit_run(accelerator, run_dir.name):  # with report_to: this unit's tracker run
+            value = compute(run_dir)
+            log_values(accelerator, "eval", value)
+        if main:
+            atomic_write_text(result, json.dumps(value, indent=1, default=str))
+        return value
 
 
 def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
@@ -68,7 +73,12 @@ def full_model(config: ExperimentConfig, seed: int, accelerator: Optional[Accele
 
 def imp_ticket(config: ExperimentConfig, sparsity: float) -> Ticket:
     """The ticket at ``sparsity`` from the IMP run of ``config`` (which must have passed that level)."""
-    run_dir = imp_run_dir(config)
+    return ticket_at(imp_run_dir(config), sparsity)
+
+
+def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
+    """The ticket at ``sparsity`` from the IMP run in ``run_dir``, with a θi run's rewind weights."""
+    run_dir = Path(run_dir)
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:

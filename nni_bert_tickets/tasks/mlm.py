@@ -100,6 +100,7 @@ def warm_up_head(model, tuner, config, root) -> str:
     from safetensors.torch import load_file, save_file
 
     from ..experiments.config import unit_name
+    from ..experiments.locks import unit_lock
     from ..core.files import atomic_write
     from ..core.targets import base_prefix
 
@@ -111,33 +112,34 @@ def warm_up_head(model, tuner, config, root) -> str:
     path = Path(root) / name / "head.safetensors"
     head = {n: p for n, p in model.named_parameters() if not n.startswith(prefix)}  # tied decoder: in the body
     note = f"θ0 = pre-trained body + MLM head warmed {steps} steps with the body frozen ({name})"
-    if path.exists():
-        saved = load_file(str(path))
-        with torch.no_grad():
-            for n, p in head.items():
-                p.copy_(saved[n])
-        return note
-    _log.info("warming up the MLM head for %d steps with the body frozen (%s)", steps, name)
-    device = next(model.parameters()).device  # give the model back where it was, as the cached path does
-    frozen = [p for n, p in model.named_parameters() if n not in head and p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    checkpoint_dir, lr = tuner.checkpoint_dir, tuner.config.learning_rate
-    tuner.checkpoint_dir, tuner.config.learning_rate = None, config.mlm_head_warmup_lr
-    try:
-        set_seed(config.seed)
-        optimizer, scheduler = tuner.optimizer_and_scheduler(model)
-        tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=steps)
-    finally:
-        tuner.checkpoint_dir, tuner.config.learning_rate = checkpoint_dir, lr
+    with unit_lock(path.parent, tuner.accelerator):  # one writer: another process may be warming it up
+        if path.exists():
+            saved = load_file(str(path))
+            with torch.no_grad():
+                for n, p in head.items():
+                    p.copy_(saved[n])
+            return note
+        _log.info("warming up the MLM head for %d steps with the body frozen (%s)", steps, name)
+        device = next(model.parameters()).device  # give the model back where it was, as the cached path does
+        frozen = [p for n, p in model.named_parameters() if n not in head and p.requires_grad]
         for p in frozen:
-            p.requires_grad_(True)
-    if tuner.accelerator.is_main_process:
-        tensors = {n: p.detach().cpu().clone().contiguous() for n, p in head.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    _log.info("MLM head warmed: %s", tuner.evaluate(model))
-    model.to(device)
-    return note
+            p.requires_grad_(False)
+        checkpoint_dir, lr = tuner.checkpoint_dir, tuner.config.learning_rate
+        tuner.checkpoint_dir, tuner.config.learning_rate = None, config.mlm_head_warmup_lr
+        try:
+            set_seed(config.seed)
+            optimizer, scheduler = tuner.optimizer_and_scheduler(model)
+            tuner.train(model, optimizer, tuner.training_step, scheduler, max_steps=steps)
+        finally:
+            tuner.checkpoint_dir, tuner.config.learning_rate = checkpoint_dir, lr
+            for p in frozen:
+                p.requires_grad_(True)
+        if tuner.accelerator.is_main_process:
+            tensors = {n: p.detach().cpu().clone().contiguous() for n, p in head.items()}
+            atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        _log.info("MLM head warmed: %s", tuner.evaluate(model))
+        model.to(device)
+        return note
 
 
 class _MLMCollator:

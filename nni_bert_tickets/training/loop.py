@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..core.early_stop import StopTraining
 from ..tasks.data import LengthGroupedBatchSampler
-from .checkpoints import clear_checkpoint, read_progress, save_checkpoint
+from .checkpoints import SigtermWatch, clear_checkpoint, read_progress, save_checkpoint
 
 __all__ = ["TrainConfig", "FineTuner", "linear_decay"]
 _log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class FineTuner:
         self.checkpoint_dir = checkpoint_dir  # where ``train`` keeps its step checkpoint (with checkpoint_steps)
         self.optimizer_steps = 0              # optimizer steps taken by the current ``train`` call
         self._run_steps: Optional[int] = None  # and the steps it takes in all
+        self._save_s = 0.0                     # how long the last step checkpoint took to save
         self.log_offset = 0                    # tracker logs of step s go to step log_offset + s (IMP rounds)
         # name -> object with state_dict()/load_state_dict() of tensors, saved with every step checkpoint
         self.checkpoint_extras: Dict[str, Any] = {}
@@ -138,10 +140,14 @@ class FineTuner:
                 else:  # a checkpoint written before this state was carried
                     _log.warning("the step checkpoint has no %s state; it starts afresh", name)
             _log.info("resuming training at step %d of %d from %s", self.optimizer_steps, total, progress["folder"])
+        # with step checkpoints, a SIGTERM (a scheduler ending the job) saves one on the way out; one process only,
+        # as ranks receiving it at different steps could not save together
+        saving = bool(self.config.checkpoint_steps and self.checkpoint_dir and acc.num_processes == 1)
         try:
             try:
-                self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step, total,
-                           data_seed)
+                with SigtermWatch(enabled=saving) as term:
+                    self._loop(p_model, p_optimizer, p_loader, loader.batch_sampler, p_scheduler, training_step,
+                               total, data_seed, term)
             except StopTraining:  # raised inside optimizer.step: the step is taken, the rest of it is not
                 p_optimizer.zero_grad()
                 _log.info("training stopped at step %d of %d", self.optimizer_steps, total)
@@ -150,7 +156,8 @@ class FineTuner:
             acc.unwrap_model(p_model).eval()
             acc.free_memory()  # the Accelerator holds no stale model, optimizer or loader
 
-    def _loop(self, model, optimizer, loader, sampler, scheduler, training_step, total: int, data_seed: int) -> None:
+    def _loop(self, model, optimizer, loader, sampler, scheduler, training_step, total: int, data_seed: int,
+              term: Optional[SigtermWatch] = None) -> None:
         """Optimizer steps from ``self.optimizer_steps`` to ``total``; pass k over the data is ordered by ``data_seed + k``
         (``sampler`` is the batch sampler that the prepared ``loader`` wraps, or shards over processes)."""
         acc, config = self.accelerator, self.config
@@ -176,13 +183,32 @@ class FineTuner:
                 optimizer.zero_grad()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-                if config.checkpoint_steps and self.checkpoint_dir and self.optimizer_steps % config.checkpoint_steps == 0 \
-                        and self.optimizer_steps < total:
-                    save_checkpoint(self.accelerator, self.checkpoint_dir,
-                                    {"step": self.optimizer_steps, "total": total, "data_seed": data_seed}, self.checkpoint_extras)
+                progress = {"step": self.optimizer_steps, "total": total, "data_seed": data_seed}
+                saved = config.checkpoint_steps and self.checkpoint_dir and \
+                    self.optimizer_steps % config.checkpoint_steps == 0 and self.optimizer_steps < total
+                if saved:
+                    start = time.monotonic()
+                    save_checkpoint(self.accelerator, self.checkpoint_dir, progress, self.checkpoint_extras)
+                    self._save_s = time.monotonic() - start
+                if term is not None and term.pending:  # a SIGTERM came: end after this step, saved if there is time
+                    self._save_on_the_way_out(term, progress, saved)
                 if self.optimizer_steps >= total:
                     break
         bar.close()
+
+    def _save_on_the_way_out(self, term: SigtermWatch, progress: Dict[str, Any], saved: bool) -> None:
+        """After a SIGTERM: save a step checkpoint (unless this step's is ``saved``) if it can be written in time,
+        then end as SIGTERM ends."""
+        if saved:
+            _log.warning("SIGTERM: the step checkpoint at step %d is saved; a rerun resumes from it", progress["step"])
+        elif term.in_time(self._save_s):
+            save_checkpoint(self.accelerator, self.checkpoint_dir, progress, self.checkpoint_extras)
+            _log.warning("SIGTERM: saved a step checkpoint at step %d of %d in %s; a rerun resumes from it",
+                         progress["step"], progress["total"], self.checkpoint_dir)
+        else:
+            _log.warning("SIGTERM: no time to save a step checkpoint at step %d (within TERM_GRACE_S of the signal); "
+                         "a rerun resumes from the last one", progress["step"])
+        term.terminate()
 
     @staticmethod
     def training_step(batch: Dict[str, torch.Tensor], model) -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""One writer per unit: two real processes on one unit do the work once and get the same result; a lock left by a
+killed process does not block."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from test_fault_injection import _tiny_model
+from nni_bert_tickets.experiments.locks import HOLDER_FILE, LOCK_FILE
+from nni_bert_tickets.experiments.tables import cached
+
+ROOT = Path(__file__).resolve().parents[1]
+# A driver that records each training call (and, for the first process, holds its first one until told to go).
+DRIVER = """
+import os, sys, time
+from nni_bert_tickets.training.loop import FineTuner
+original = FineTuner.train
+def counted(self, *args, **kwargs):
+    with open(os.environ["TRAIN_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    go = os.environ.get("GO_FILE")
+    while go and not os.path.exists(go):
+        time.sleep(0.05)
+    return original(self, *args, **kwargs)
+FineTuner.train = counted
+from nni_bert_tickets.experiments.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _env(tmp_path, **extra):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "TRAIN_LOG": str(tmp_path / "train.log"), **extra}
+
+
+def _wait_for(condition, what, timeout=300):
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_two_processes_on_one_imp_run_train_it_once_and_both_get_its_results(tmp_path, minilm_path, glue_dir):
+    model = _tiny_model(tmp_path / "model", minilm_path)
+    config = tmp_path / "imp.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        task="wnli", model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16, max_length=48,
+        batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.2, step=0.1, seed=5, log_level="INFO",
+        output_root=str(tmp_path / "runs"))))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    go = tmp_path / "go"
+    command = [sys.executable, str(tmp_path / "driver.py"), "--config", str(config)]
+    with open(tmp_path / "a.err", "w") as a_err, open(tmp_path / "b.err", "w") as b_err:
+        a = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path, GO_FILE=str(go)), stdout=subprocess.PIPE,
+                             stderr=a_err, text=True)
+        _wait_for(lambda: list((tmp_path / "runs").glob(f"imp-wnli-*/{HOLDER_FILE}")), "the first process's lock")
+        b = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=b_err, text=True)
+        _wait_for(lambda: "waiting for it" in (tmp_path / "b.err").read_text() or b.poll() is not None,
+                  "the second process to wait")
+        go.write_text("")
+        out_a, _ = a.communicate(timeout=600)
+        out_b, _ = b.communicate(timeout=600)
+    assert (a.returncode, b.returncode) == (0, 0), (tmp_path / "a.err").read_text()[-3000:] + \
+        (tmp_path / "b.err").read_text()[-3000:]
+    waited = (tmp_path / "b.err").read_text()
+    assert f"is being worked on by pid {a.pid} on " in waited and "finished by another process" in waited
+    trained = (tmp_path / "train.log").read_text().split()
+    assert set(trained) == {str(a.pid)} and len(trained) == 3  # three rounds (0, 10, 20 %), all by the first
+    table_a, table_b = (out.split("IMP tickets for wnli")[1] for out in (out_a, out_b))
+    assert table_a == table_b and "| 2 | 20.0% |" in table_a
+    (run_dir,) = (tmp_path / "runs").glob("imp-wnli-*")
+    assert not (run_dir / HOLDER_FILE).exists()  # released
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from nni_bert_tickets.experiments.locks import unit_lock
+with unit_lock(Path(sys.argv[1])):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(600)
+"""
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block_and_units_are_computed_once(tmp_path, caplog):
+    settings = {"x": 1}
+    unit = tmp_path / "runs"
+    calls = []
+    first = cached(unit, "toy", settings, lambda run_dir: calls.append(run_dir) or {"value": 42})
+    (run_dir,) = calls
+    assert first == {"value": 42} and (run_dir / LOCK_FILE).exists()
+    assert cached(unit, "toy", settings, lambda run_dir: calls.append(run_dir) or {"value": 0}) == first
+    assert len(calls) == 1
+
+    other = {"x": 2}
+    held = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), str(held)],
+                            env=_env(tmp_path))
+    _wait_for(held.exists, "the lock holder")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run_dir / HOLDER_FILE).read_text())["pid"] == proc.pid  # left behind by the killed process
+    (run_dir / "result.json").unlink()  # as if the killed process had been computing it
+    with caplog.at_level(logging.INFO, logger="nni_bert_tickets.experiments.locks"):
+        start = time.monotonic()
+        again = cached(unit, "toy", settings, lambda run_dir: calls.append(run_dir) or {"value": 43})
+    assert again == {"value": 43} and len(calls) == 2 and time.monotonic() - start < 5
+    assert not [r for r in caplog.records if "waiting" in r.getMessage()]
+    assert not (run_dir / HOLDER_FILE).exists()
+    assert cached(unit, "toy", other, lambda run_dir: {"value": 7}) == {"value": 7}
+
+
+CACHED = """
+import json, os, sys, time
+from pathlib import Path
+from nni_bert_tickets.experiments.tables import cached
+def compute(run_dir):
+    with open(os.environ["TRAIN_LOG"], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.05)
+    return {"value": os.getpid()}
+print(json.dumps(cached(Path(sys.argv[1]), "toy", {"x": 1}, compute)))
+"""
+
+
+def test_two_processes_on_one_cached_unit_compute_it_once(tmp_path):
+    go = tmp_path / "go"
+    command = [sys.executable, "-c", "import logging; logging.basicConfig(level='INFO')\n" + CACHED,
+               str(tmp_path / "runs"), str(go)]
+    with open(tmp_path / "b.err", "w") as b_err:
+        a = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+        _wait_for(lambda: list((tmp_path / "runs").glob(f"toy-*/{HOLDER_FILE}")), "the first process's lock")
+        b = subprocess.Popen(command, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=b_err, text=True)
+        _wait_for(lambda: "waiting for it" in (tmp_path / "b.err").read_text() or b.poll() is not None,
+                  "the second process to wait")
+        go.write_text("")
+        results = [json.loads(p.communicate(timeout=300)[0]) for p in (a, b)]
+    assert results == [{"value": a.pid}] * 2
+    assert (tmp_path / "train.log").read_text().split() == [str(a.pid)]
+    assert f"pid {a.pid}" in (tmp_path / "b.err").read_text()
