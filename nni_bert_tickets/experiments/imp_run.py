@@ -1,6 +1,6 @@
 """The IMP experiment on a GLUE task: one run directory per settings, resumable, never recomputed.
 
-A run directory ``<output_root>/<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
+A run directory ``<output_root>/imp-<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
 ``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
 Once it is finished, ``keep`` bounds what stays in ``imp/``: ``all``; ``tickets`` (every round's ticket and the
 trajectory: what Table 2, Table 3 and the transfer matrix read); ``final`` (the final ticket and the trajectory).
