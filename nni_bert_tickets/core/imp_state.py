@@ -27,10 +27,11 @@ from .files import atomic_write, atomic_write_text
 from .targets import base_prefix
 from .ticket import Ticket
 
-__all__ = ["ResumeState", "STATE_FORMAT"]
+__all__ = ["ResumeState", "STATE_FORMAT", "ticket_file"]
 STATE_FORMAT = "nni_bert_tickets.imp_state/2"
 STATE_FILE = "imp_state.safetensors"  # the masks, task head, rewind point and trajectory after the last round
 THETA_I_FILE = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
+TICKET_FILE = "ticket-round{:02d}.safetensors"  # each round's ticket, by round number
 _SETTINGS_0_1 = ("levels", "schedule", "step", "rewind", "head", "seed")  # what version 0.1.0 recorded
 _log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class ResumeState:
             return
         os.makedirs(self.output_dir, exist_ok=True)
         # a θi ticket's rewind weights are the whole body: only the final ticket's file carries them
-        self.tickets[-1].save(os.path.join(self.output_dir, f"ticket-round{level:02d}.safetensors"),
+        self.tickets[-1].save(os.path.join(self.output_dir, ticket_file(level)),
                               include_weights=level == len(self.levels) - 1)
         state, header = self._state_tensors(final=level == len(self.levels) - 1)
         # the trajectory rides in the state file's header: one atomic write holds both, so a kill cannot leave
@@ -223,10 +224,15 @@ class ResumeState:
             self.trajectory = read(os.path.join(self.output_dir, "trajectory.json"), trajectory_copy)
         state = read(path, lambda: load_file(path))
         self._restore_state(state, header)
-        files = [os.path.join(self.output_dir, f"ticket-round{r['round']:02d}.safetensors") for r in self.trajectory]
+        files = [os.path.join(self.output_dir, ticket_file(r["round"])) for r in self.trajectory]
         self.tickets = [read(file, lambda file=file: Ticket.load(file)) for file in files]
         _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
         return len(self.trajectory)
+
+
+def ticket_file(round_: int) -> str:
+    """The file name of round ``round_``'s ticket in an IMP run's folder."""
+    return TICKET_FILE.format(round_)
 
 
 def unwrapped_name(name: str) -> str:

@@ -103,7 +103,7 @@ class Ticket:
     def __post_init__(self) -> None:
         self.masks = {k: v.detach().to("cpu", torch.bool) for k, v in self.masks.items()}
         if not self.version:
-            from .. import __version__
+            from .._version import __version__
             self.version = __version__
 
     # ---- construction -------------------------------------------------------------------------------------

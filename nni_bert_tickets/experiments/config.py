@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
+import os
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ..core.early_stop import EarlyStop
+from ..core.masks import sparsity_schedule
+from ..core.naming import unit_name  # noqa: F401 (re-exported: experiments name units through config)
 from ..core.rewind import Rewind
+from ..core.targets import check_sparsity
+from ..core.ticket import Ticket
+from ..tasks import get_task, task_names
 from ..training.loop import TrainConfig
+from .tracking import check_trackers
 
-__all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
+__all__ = ["ExperimentConfig", "parse_args", "load_yaml", "choices_of"]
 NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
@@ -184,7 +190,6 @@ class ExperimentConfig:
 
     def early_stop(self):
         """The IMP run's :class:`~.early_stop.EarlyStop`, or None (``early_stop_every: 0``)."""
-        from ..core.early_stop import EarlyStop
         if not self.early_stop_every:
             return None
         return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience)
@@ -198,12 +203,9 @@ class ExperimentConfig:
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
-        from ..core.masks import sparsity_schedule
         return [0.0] + sparsity_schedule(self.target_sparsity, self.schedule, self.step)
 
     def validate(self) -> "ExperimentConfig":
-        from ..tasks import get_task
-        from ..core.targets import check_sparsity
         get_task(self.task)
         check_sparsity(self.target_sparsity, "target_sparsity")
         if not 0 < self.step < 1:
@@ -246,7 +248,6 @@ class ExperimentConfig:
             raise ValueError(f"keep: final deletes the tickets below the target sparsity, which the {self.experiment} "
                              "experiment reads (baselines, retraining, transfer); use keep: tickets, which deletes "
                              "only the resume state")
-        from .tracking import check_trackers
         check_trackers(self.report_to)
         if isinstance(self.early_stop_every, bool) or not isinstance(self.early_stop_every, int) \
                 or self.early_stop_every < 0:
@@ -298,7 +299,6 @@ class ExperimentConfig:
         if self.task_overrides and self.experiment != "transfer":
             raise ValueError(f"task_overrides is read by the transfer experiment only (experiment is {self.experiment}); "
                              "set the task's settings directly")
-        from ..tasks import get_task
         allowed = set(TRAINING_FIELDS) - {"task"}
         for task, settings in self.task_overrides.items():
             get_task(task)
@@ -312,22 +312,17 @@ class ExperimentConfig:
                 raise ValueError(f"task_overrides[{task}]: {err}") from err
 
 
-def unit_name(kind: str, settings: Dict[str, Any]) -> str:
-    """``<kind>-<hash>``: a unit of work (an IMP run, a full-model fine-tuning, a baseline, a transfer) is named by
-    exactly the settings it depends on, so equal settings share it and different ones never do."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{kind}-{digest}"
+def choices_of(name: str) -> tuple:
+    """The values the setting ``name`` may take (its field's ``choices``)."""
+    return next(f for f in fields(ExperimentConfig) if f.name == name).metadata["choices"]
 
 
 def _check_transfer_source(source: str, sparsity: float) -> None:
     """A transfer source names a task, a YAML config of an IMP run, or a ticket file at ``sparsity``."""
-    import os
 
-    from ..tasks import get_task, task_names
     if source.endswith(".safetensors"):
         if not os.path.isfile(source):
             raise ValueError(f"transfer source {source!r} names no ticket: no such file")
-        from ..core.ticket import Ticket
         ticket = Ticket.load(source)  # a TicketError for a file that is not a ticket
         if abs(ticket.sparsity - sparsity) > 0.005:
             raise ValueError(f"transfer source {source} is a {ticket.sparsity:.1%} ticket; transfer_sparsity is "
