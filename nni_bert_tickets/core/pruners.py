@@ -7,8 +7,8 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import random
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
@@ -18,13 +18,12 @@ import torch
 from nni.compression.base.compressor import Pruner
 from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 from nni.compression.utils.evaluator import Evaluator
-from safetensors.torch import save_file
 
 from . import masks as M
 from .early_stop import EarlyStop, RoundWatch
 from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
-from .files import atomic_write
-from .imp_state import THETA_I_FILE, ResumeState, is_main_process, unwrapped_name
+from .imp_state import (RunStore, body_fingerprint, head_names, restore_state, rewind_params, state_tensors,
+                        unwrapped_name)
 from .rewind import Rewind
 from .round_evaluator import RoundEvaluator
 from .ticket import Ticket, model_name, fingerprint, prunable_weights
@@ -106,7 +105,7 @@ class RandomPruner(_TicketPruner):
         return super().compress(None, None)
 
 
-class IMPPruner(_TicketPruner, ResumeState):
+class IMPPruner(_TicketPruner):
     """Iterative magnitude pruning with rewinding: the paper's way to find a lottery ticket.
 
     Each round trains the current subnetwork through ``evaluator`` (a fresh optimizer and LR scheduler are
@@ -177,8 +176,9 @@ class IMPPruner(_TicketPruner, ResumeState):
         self._covered = sorted(ticket_key(self.bound_model, name) for name in self._target_spaces)
         self._base = fingerprint(self._theta0_prunable, {k: torch.ones_like(w, dtype=torch.bool)
                                                          for k, w in self._theta0_prunable.items()})
-        self._body, self._base_model = self._body_fingerprint(), model_name(self.bound_model)
+        self._body, self._base_model = body_fingerprint(self.bound_model), model_name(self.bound_model)
         self._rewind_state = self._state() if rewind_point.to_theta0 else None
+        self._store = RunStore(output_dir, settings=self._settings(), base_model=self._base_model) if output_dir else None
 
     # ---- the level loop ------------------------------------------------------------------------------------
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None):
@@ -191,12 +191,12 @@ class IMPPruner(_TicketPruner, ResumeState):
         for level in range(self._resume(), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             self._seed_everything(level)
-            result = self._train_and_evaluate(level, max_steps, max_epochs)  # θi is taken during round 0
-            self._keep_ticket(level, *result)
+            result = self._train_and_evaluate(level, max_steps, max_epochs)  # train f(x; m ⊙ θ) (θi: in round 0)
+            self._keep_ticket(level, *result)                                 # the subnetwork at this level
             if level + 1 < len(self.levels):
-                self._prune_globally(self.levels[level + 1])
-                self._rewind_survivors(level)
-            self._save(level)
+                self._prune_globally(self.levels[level + 1])                  # prune the smallest survivors, globally
+                self._rewind_survivors(level)                                 # rewind them to θ0 (or θi)
+            self._save(level)                                                 # beside it: the run on disk
 
     def _prune_globally(self, sparsity: float) -> None:
         """Prune the lowest-magnitude surviving weights of each pool (all matrices together) to ``sparsity``."""
@@ -264,9 +264,8 @@ class IMPPruner(_TicketPruner, ResumeState):
             # >=: a step skipped by a mixed-precision scaler runs no task; the first one after it snapshots
             if (current() if current is not None else counter["steps"]) >= step and self._rewind_state is None:
                 self._rewind_state = self._state()
-                if self.output_dir and is_main_process():  # a round 0 resumed past `step` still needs it
-                    snapshot = {k: v.contiguous() for k, v in self._rewind_state.items()}
-                    atomic_write(os.path.join(self.output_dir, THETA_I_FILE), lambda tmp: save_file(snapshot, tmp))
+                if self._store is not None:
+                    self._store.save_theta_i(self._rewind_state)
         return task
 
     def _rewind_survivors(self, level: int) -> None:
@@ -274,8 +273,9 @@ class IMPPruner(_TicketPruner, ResumeState):
         says."""
         if self.rewind_point.standard:
             return
-        head = self._head_names()
-        self._rewind_params([name for name in self._rewind_state if name not in head or self.head == "rewind"])
+        head = head_names(self.bound_model)
+        rewind_params(self.bound_model, self._target_spaces, self._rewind_state,
+                      [name for name in self._rewind_state if name not in head or self.head == "rewind"])
         if self.head == "reinit":
             with torch.no_grad():
                 self._reinit_head(level)
@@ -295,7 +295,7 @@ class IMPPruner(_TicketPruner, ResumeState):
         """θi tickets carry their rewind weights (the body, keyed relative to it); θ0 tickets need none."""
         if not self.rewind_point.to_theta_i or self._rewind_state is None:
             return None
-        prefix, head = base_prefix(self.bound_model), self._head_names()
+        prefix, head = base_prefix(self.bound_model), head_names(self.bound_model)
         return {unwrapped_name(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
 
     def _level_seed(self, level: int) -> int:
@@ -307,6 +307,42 @@ class IMPPruner(_TicketPruner, ResumeState):
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
+
+    # ---- the run on disk, saved beside each round (see :class:`~.imp_state.RunStore`) ----------------------------
+    def _settings(self) -> Dict[str, Any]:
+        """What makes the rounds what they are; a resume under other settings is refused."""
+        return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
+                "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
+                "base_weights": self._base, "base_body": self._body,
+                "early_stop": self.early_stop and dataclasses.asdict(self.early_stop)}
+
+    def _state_tensors(self, final: bool):
+        return state_tensors(self.bound_model, self._target_spaces, rewind=self.rewind_point,
+                             rewind_state=self._rewind_state, base_model=self._base_model, final=final)
+
+    def _save(self, level: int) -> None:
+        if self._store is not None:
+            final = level == len(self.levels) - 1
+            state, header = self._state_tensors(final)
+            self._store.write_round(level, self.tickets[-1], final=final, trajectory=self.trajectory, state=state,
+                                    header=header)
+
+    def _resume(self) -> int:
+        """The first round still to run: after the rounds the store holds, whose model state, masks, trajectory
+        and tickets are restored (0 for a new run; a θi taken before a kill in round 0 is read back)."""
+        if self._store is None:
+            return 0
+        saved = self._store.read()
+        if saved is None:
+            if self.rewind_point.to_theta_i:  # killed in round 0, perhaps after θi was taken
+                self._rewind_state = self._store.read_theta_i() or self._rewind_state
+            return 0
+        self._rewind_state = restore_state(self.bound_model, self._target_spaces, self.update_masks, saved.state,
+                                           saved.header, rewind=self.rewind_point, rewind_state=self._rewind_state,
+                                           where=self._store.where)
+        self.trajectory, self.tickets = saved.trajectory, saved.tickets
+        _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
+        return len(self.trajectory)
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
