@@ -83,3 +83,13 @@ def test_the_checker_sees_imports_inside_functions_and_finds_a_circle():
 
 def test_no_import_circle_inside_the_package():
     assert cycles(import_graph()) == []
+
+
+def test_the_folders_are_layered():
+    """core/ at the bottom, then tasks/, training/, experiments/: no module imports a folder above its own."""
+    order = {"_version": 0, "core": 1, "tasks": 2, "training": 3, "experiments": 4}
+    graph = import_graph()
+    folder = lambda name: name.split(".")[1] if "." in name else None  # noqa: E731 (None: the package root)
+    upward = [(a, b) for a, targets in graph.items() for b in targets
+              if folder(a) in order and folder(b) in order and order[folder(b)] > order[folder(a)]]
+    assert upward == []
