@@ -258,3 +258,23 @@ def test_bad_schedule_or_step_is_refused_and_leaves_the_model_unwrapped():
     assert not any("_nni_wrapper" in n for n, _ in model.named_modules())
     pruner = IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model))  # still wrappable
     pruner.unwrap_model()
+
+
+def test_imp_with_a_plain_nni_evaluator_hides_only_the_step_patch_warning():
+    """With a plain TorchEvaluator, NNI's patch of optimizer.step after the scheduler is built would make torch
+    warn every round; exactly that message is filtered while IMP trains, others still show."""
+    import warnings
+    model = tiny_bert()
+    evaluator = toy_evaluator(model, steps=2)
+    train = evaluator.training_func
+
+    def warning_too(*args, **kwargs):
+        warnings.warn("a warning of the user's own loop", UserWarning)
+        train(*args, **kwargs)
+    evaluator.training_func = warning_too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        IMPPruner(model, bert_config_list(model, 0.2), evaluator, step=0.1).compress()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "overridden after learning rate scheduler" in m]
+    assert messages.count("a warning of the user's own loop") == 3  # one per round: other warnings still show

@@ -7,9 +7,11 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
@@ -225,7 +227,8 @@ class IMPPruner(_TicketPruner):
         watch = self._watch(level)
         after_step = ([self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []) + [watch]
         evaluator.patch_optimizer_step([], after_step)
-        watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
+        with _quiet_step_patch(evaluator):
+            watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
         self.bound_model.zero_grad(set_to_none=True)  # a loop cut short mid-step leaves gradients behind
         result = evaluator.evaluate() if watch.stopped_at is None else None  # a cut-short round is not a verdict
         evaluator.unbind_model()
@@ -346,6 +349,24 @@ class IMPPruner(_TicketPruner):
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
+
+
+@contextlib.contextmanager
+def _quiet_step_patch(evaluator):
+    """NNI's evaluators build the LR scheduler in ``bind_model`` and replace ``optimizer.step`` afterwards
+    (``patch_optimizer_step``, which only adds tasks around the original step), so torch's scheduler reports
+    "`optimizer.step()` has been overridden after learning rate scheduler initialization" at its first step of
+    every round, though the steps run in the right order. A :class:`~.round_evaluator.RoundEvaluator` owns that order (the training
+    loop's builds its scheduler after the patch); for any other NNI evaluator exactly that message is filtered
+    while the round trains. Other warnings, such as a scheduler stepped before the optimizer, still show."""
+    if isinstance(evaluator, RoundEvaluator):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r"Seems like `optimizer\.step\(\)` has been overridden after learning rate "
+                                        r"scheduler initialization")
+        yield
 
 
 def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str) -> None:
