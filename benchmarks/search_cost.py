@@ -29,11 +29,12 @@ from accelerate.utils import set_seed
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import prepare, run_imp
 from nni_bert_tickets.experiments.tables import cached, full_model
+from nni_bert_tickets.core.imp_state import ticket_file
 from nni_bert_tickets.core.ticket import Ticket
 
 
 def ticket(config: ExperimentConfig, record) -> Ticket:
-    return Ticket.load(Path(config.output_root) / config.run_name() / "imp" / f"ticket-round{record['round']:02d}.safetensors")
+    return Ticket.load(Path(config.output_root) / config.run_name() / "imp" / ticket_file(record["round"]))
 
 
 def overlap(a: Ticket, b: Ticket):

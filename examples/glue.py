@@ -6,8 +6,8 @@
 
 ``experiment`` picks what runs: ``imp`` (one IMP run, the per-round table), ``table2`` (full model over
 seeds, IMP, random pruning / re-initialisation / shuffled baselines), ``table3`` (rewinding to θi, standard
-pruning) or ``transfer`` (the Figure-3 matrix). Every setting is a flag and a YAML key
-(``nni_bert_tickets.experiments.config.ExperimentConfig``). Finished runs are never recomputed; interrupted ones resume.
+pruning), ``transfer`` (the Figure-3 matrix) or ``dense_grid`` (the full model over learning rate × epochs).
+Every setting is a flag and a YAML key (``nni_bert_tickets.experiments.config.ExperimentConfig``). Finished runs are never recomputed; interrupted ones resume.
 Render the tables and plots with ``python -m nni_bert_tickets.experiments.report <output_root>``.
 """
 from nni_bert_tickets.experiments.cli import main

@@ -1,5 +1,5 @@
 """Lottery tickets for pre-trained BERT networks (Chen et al., NeurIPS 2020), native to NNI 3."""
-__version__ = "0.2.0.dev0"
+from ._version import __version__
 
 from .core.targets import bert_config_list, prunable_modules
 from .core.masks import global_magnitude_masks, random_masks, sparsity_schedule

@@ -1,3 +1,4 @@
+import copy
 import os
 from pathlib import Path
 
@@ -89,3 +90,38 @@ def kill_training_at_call(monkeypatch, n: int):
         return original(self, *args, **kwargs)
     monkeypatch.setattr(FineTuner, "train", killed)
     return original
+
+
+def watch_imp_rounds(model, evaluator, snapshot=None):
+    """Wrap ``evaluator``'s training function for an IMP run: returns ``(starts, violations)``, filled as it runs
+    with the weights at the start of every round (``snapshot(model)``; by default every parameter, by its name
+    without NNI's wrapper) and, after every optimizer step, each wrapped matrix's count of pruned weights that are
+    not exactly 0."""
+    starts, violations = [], []
+    train = evaluator.training_func
+    snapshot = snapshot or (lambda m: {n.replace("._nni_wrapper", ""): p.detach().clone()
+                                       for n, p in m.named_parameters()})
+
+    def pruned_are_zero(*_):
+        for module in model.modules():
+            wrapper = getattr(module, "_nni_wrapper", None)
+            if wrapper is not None and wrapper.weight_mask is not None:
+                violations.append(int((wrapper.weight[wrapper.weight_mask == 0] != 0).sum()))
+
+    def recording(model, optimizer, *args, **kwargs):
+        starts.append(snapshot(model))
+        optimizer.register_step_post_hook(pruned_are_zero)  # checked after every optimizer step
+        train(model, optimizer, *args, **kwargs)
+    evaluator.training_func = recording
+    return starts, violations
+
+
+def torch_global_masks(modules, amount, prior=None):
+    """torch.nn.utils.prune's global L1 masks over copies of ``modules`` (on top of ``prior`` masks, if given)."""
+    from torch.nn.utils import prune
+    modules = copy.deepcopy(modules)
+    if prior is not None:
+        for m, mask in zip(modules, prior):
+            prune.custom_from_mask(m, "weight", mask)
+    prune.global_unstructured([(m, "weight") for m in modules], pruning_method=prune.L1Unstructured, amount=amount)
+    return [m.weight_mask.bool() for m in modules]

@@ -6,10 +6,9 @@ from collections import Counter, defaultdict
 
 import pytest
 import torch
-from torch.nn.utils import prune
 from transformers import DebertaConfig, DebertaForSequenceClassification
 
-from conftest import toy_evaluator
+from conftest import torch_global_masks as _torch_global_masks, toy_evaluator, watch_imp_rounds
 from tiny_models import EXPECTED, KINDS, batch, stored_layers, tiny_model
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks,
                               install_torch_prune, masks_from_torch_prune, prunable_modules, prunable_weights,
@@ -56,15 +55,6 @@ def _ffn(config):
     return getattr(config, "intermediate_size", None) or config.hidden_dim
 
 
-def _torch_global_masks(modules, amount, prior=None):
-    modules = copy.deepcopy(modules)
-    if prior is not None:
-        for m, mask in zip(modules, prior):
-            prune.custom_from_mask(m, "weight", mask)
-    prune.global_unstructured([(m, "weight") for m in modules], pruning_method=prune.L1Unstructured, amount=amount)
-    return [m.weight_mask.bool() for m in modules]
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_global_masks_equal_torch_global_unstructured(kind):
     model = tiny_model(kind)
@@ -84,20 +74,8 @@ def test_global_masks_equal_torch_global_unstructured(kind):
 def test_imp_rewinds_exactly_and_pruned_weights_stay_zero(kind):
     model = tiny_model(kind)
     theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}
-    evaluator, starts, violations = toy_evaluator(model, steps=3), [], []
-    train = evaluator.training_func
-
-    def zero_check(*_):
-        for module in model.modules():
-            wrapper = getattr(module, "_nni_wrapper", None)
-            if wrapper is not None and wrapper.weight_mask is not None:
-                violations.append(int((wrapper.weight[wrapper.weight_mask == 0] != 0).sum()))
-
-    def recording(model, optimizer, *args, **kwargs):
-        starts.append(copy.deepcopy(prunable_weights_unwrapped(model)))
-        optimizer.register_step_post_hook(zero_check)
-        train(model, optimizer, *args, **kwargs)
-    evaluator.training_func = recording
+    evaluator = toy_evaluator(model, steps=3)
+    starts, violations = watch_imp_rounds(model, evaluator, lambda m: copy.deepcopy(prunable_weights_unwrapped(m)))
     pruner = IMPPruner(model, bert_config_list(model, 0.4), evaluator, step=0.2)
     pruner.compress()
     assert len(starts) == 3 and len(violations) == 3 * 3 * len(theta0) and not any(violations)

@@ -77,3 +77,47 @@ def test_the_shipped_transfer_config_reuses_each_tasks_table2_runs():
         assert transfer.for_task(task).run_name() == own.run_name(), task
         assert transfer.for_task(task).training_settings() == own.training_settings(), task
     assert transfer.for_task("sst2").max_train_samples == 5000 and transfer.for_task("rte").max_train_samples is None
+
+
+def test_help_describes_every_flag(capsys):
+    """`--help` gives every setting a description (carried once, by the dataclass field) and its default."""
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    shown = capsys.readouterr().out
+    for f in dataclasses.fields(ExperimentConfig):
+        assert f.metadata.get("help"), f"{f.name} has no help"
+        assert "--" + f.name.replace("_", "-") in shown
+    flat = " ".join(shown.split())
+    assert "dense_grid: the learning rates of the grid (default: 0.0001 3e-05)" in flat
+    assert "none = standard pruning (no rewind) (default: 0)" in flat
+
+
+def test_choices_have_one_home():
+    """Choices live in the field metadata; validate refuses other values, and the baseline names are the
+    strategies tables.py registers."""
+    from nni_bert_tickets.experiments.config import BASELINE_NAMES
+    from nni_bert_tickets.experiments.tables import BASELINES
+    assert set(BASELINE_NAMES) == set(BASELINES)
+    with pytest.raises(ValueError, match="keep must be one of"):
+        ExperimentConfig(keep="some").validate()
+    with pytest.raises(ValueError, match="unknown baselines"):
+        ExperimentConfig(baselines=["random_pruning", "nope"]).validate()
+
+
+def test_training_defaults_come_from_the_training_loop():
+    from nni_bert_tickets.training import TrainConfig
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert ExperimentConfig().train_config() == TrainConfig()
+    assert names - {"adam_epsilon"} <= {f.name for f in dataclasses.fields(ExperimentConfig)}
+
+
+def test_rewind_is_parsed_once():
+    from nni_bert_tickets.core.rewind import Rewind
+    assert ExperimentConfig(rewind=100.0).rewind == 100 and isinstance(ExperimentConfig(rewind=100.0).rewind, int)
+    assert Rewind.parse("none").standard and Rewind.parse("0").to_theta0 and Rewind.parse(0.05).step(200) == 10
+    assert Rewind.parse("7").step(None) == 7 and Rewind.parse(0.05).name == "theta_i:0.05"
+    for bad in (1.5, -1, True, "soon"):
+        with pytest.raises(ValueError, match="rewind"):
+            Rewind.parse(bad)
+    with pytest.raises(ValueError, match="rewind"):
+        ExperimentConfig(rewind=1.5).validate()

@@ -1,14 +1,12 @@
 """Core behaviour: targets, global masks against torch's own, schedules, zero-keeping, rewinding, errors."""
-import copy
 
 import pytest
 import torch
-from torch.nn.utils import prune
 from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
                           DistilBertConfig, DistilBertForSequenceClassification, RobertaConfig,
                           RobertaForSequenceClassification)
 
-from conftest import tiny_bert, toy_evaluator
+from conftest import tiny_bert, torch_global_masks as _torch_global_masks, toy_evaluator, watch_imp_rounds
 from nni_bert_tickets import (IMPPruner, RandomPruner, Ticket, bert_config_list, global_magnitude_masks,
                               prunable_modules, prunable_weights, random_masks, sparsity_schedule)
 from nni_bert_tickets.core.baselines import one_shot_magnitude_ticket
@@ -44,16 +42,6 @@ def test_other_bert_family_namings_are_recognised():
 def test_embedded_minilm_has_37_matrices(minilm_path):
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
     assert len(prunable_modules(model)) == 6 * 6 + 1
-
-
-def _torch_global_masks(modules, amount, prior=None):
-    modules = copy.deepcopy(modules)
-    params = [(m, "weight") for m in modules]
-    if prior is not None:
-        for m, mask in zip(modules, prior):
-            prune.custom_from_mask(m, "weight", mask)
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
-    return [m.weight_mask.bool() for m in modules]
 
 
 def _assert_same_up_to_ties(ours, ref, weights, prior=None):
@@ -145,23 +133,8 @@ def test_applied_ticket_keeps_pruned_weights_exactly_zero_under_adamw_sgd_and_ad
 def test_imp_rewinds_survivors_bitwise_to_theta0_and_keeps_pruned_zero():
     model = tiny_bert()
     theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}
-    starts = []
     evaluator = toy_evaluator(model, steps=4)
-    train = evaluator.training_func
-
-    violations = []
-
-    def pruned_are_zero(*_):
-        for module in model.modules():
-            wrapper = getattr(module, "_nni_wrapper", None)
-            if wrapper is not None and wrapper.weight_mask is not None:
-                violations.append(int((wrapper.weight[wrapper.weight_mask == 0] != 0).sum()))
-
-    def recording(model, optimizer, *args, **kwargs):
-        starts.append({n.replace("._nni_wrapper", ""): p.detach().clone() for n, p in model.named_parameters()})
-        optimizer.register_step_post_hook(pruned_are_zero)  # checked after every optimizer step
-        train(model, optimizer, *args, **kwargs)
-    evaluator.training_func = recording
+    starts, violations = watch_imp_rounds(model, evaluator)
     pruner = IMPPruner(model, bert_config_list(model, 0.4), evaluator, step=0.2)
     pruner.compress()
     for level in (1, 2):
@@ -285,3 +258,23 @@ def test_bad_schedule_or_step_is_refused_and_leaves_the_model_unwrapped():
     assert not any("_nni_wrapper" in n for n, _ in model.named_modules())
     pruner = IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model))  # still wrappable
     pruner.unwrap_model()
+
+
+def test_imp_with_a_plain_nni_evaluator_hides_only_the_step_patch_warning():
+    """With a plain TorchEvaluator, NNI's patch of optimizer.step after the scheduler is built would make torch
+    warn every round; exactly that message is filtered while IMP trains, others still show."""
+    import warnings
+    model = tiny_bert()
+    evaluator = toy_evaluator(model, steps=2)
+    train = evaluator.training_func
+
+    def warning_too(*args, **kwargs):
+        warnings.warn("a warning of the user's own loop", UserWarning)
+        train(*args, **kwargs)
+    evaluator.training_func = warning_too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        IMPPruner(model, bert_config_list(model, 0.2), evaluator, step=0.1).compress()
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "overridden after learning rate scheduler" in m]
+    assert messages.count("a warning of the user's own loop") == 3  # one per round: other warnings still show

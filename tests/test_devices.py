@@ -1,6 +1,6 @@
 """The fine-tuning loop on each device and precision this machine has.
 
-CPU in fp32 always runs. Where CUDA is present (the GPU check in the README), the same test also runs in bf16
+CPU in fp32 always runs. Where CUDA is present (the GPU notes in docs/development.md), the same test also runs in bf16
 and fp16 autocast on the GPU. Whatever the device or precision, pruned weights must be exactly zero after every
 optimizer step, and the survivors must train.
 """

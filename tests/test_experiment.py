@@ -180,3 +180,35 @@ def test_a_lower_target_reads_the_first_rounds_of_a_finished_longer_run(tmp_path
     b = Ticket.load(tmp_path / "b" / fresh["run"] / "imp" / "ticket-round01.safetensors")
     assert a.masks.keys() == b.masks.keys() and all((a.masks[k] == b.masks[k]).all() for k in a.masks)
     assert not (tmp_path / "a" / shorter.run_name()).exists()  # nothing written for the shorter run
+
+
+def test_a_round_of_the_main_job_warns_nothing_about_the_lr_scheduler(tmp_path, minilm_path, glue_dir):
+    """NNI patches optimizer.step after the LR scheduler is built; the loop's evaluator builds the scheduler again
+    after the patch, so torch's "overridden after learning rate scheduler initialization" warning never comes, and
+    the learning rate still decays linearly from the configured one within each round."""
+    import warnings
+
+    config = _config(tmp_path, minilm_path, glue_dir, target_sparsity=0.1, max_steps=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_imp(config)
+        lrs = _lrs_of_one_round(config)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "overridden after learning rate scheduler" in m], messages
+    assert lrs == pytest.approx([1e-4, 1e-4 * 2 / 3, 1e-4 / 3])  # linear decay over 3 steps, from the configured LR
+
+
+def _lrs_of_one_round(config):
+    """The LR each optimizer step of one IMP round uses, through the loop's NNI evaluator, patched as IMP does."""
+    from nni_bert_tickets.core.round_evaluator import RoundEvaluator
+    from nni_bert_tickets.experiments.imp_run import prepare
+    model, tuner = prepare(config)
+    evaluator = tuner.evaluator(model)
+    assert isinstance(evaluator, RoundEvaluator)
+    evaluator._init_optimizer_helpers(model)  # what NNI's Pruner does first
+    evaluator.bind_model(model)
+    seen = []
+    evaluator.patch_optimizer_step([lambda: seen.append(evaluator._optimizers[0].param_groups[0]["lr"])], [])
+    evaluator.train(max_steps=3)
+    evaluator.unbind_model()
+    return seen

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from test_fault_injection import _tiny_model
-from nni_bert_tickets.experiments.locks import HOLDER_FILE, LOCK_FILE
+from nni_bert_tickets.core.locks import HOLDER_FILE, LOCK_FILE
 from nni_bert_tickets.experiments.tables import cached
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_two_processes_on_one_imp_run_train_it_once_and_both_get_its_results(tmp
 HOLD = """
 import sys, time
 from pathlib import Path
-from nni_bert_tickets.experiments.locks import unit_lock
+from nni_bert_tickets.core.locks import unit_lock
 with unit_lock(Path(sys.argv[1])):
     Path(sys.argv[2]).write_text("held")
     time.sleep(600)
@@ -108,7 +108,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block_and_units_are_computed_o
     proc.wait()
     assert json.loads((run_dir / HOLDER_FILE).read_text())["pid"] == proc.pid  # left behind by the killed process
     (run_dir / "result.json").unlink()  # as if the killed process had been computing it
-    with caplog.at_level(logging.INFO, logger="nni_bert_tickets.experiments.locks"):
+    with caplog.at_level(logging.INFO, logger="nni_bert_tickets.core.locks"):
         start = time.monotonic()
         again = cached(unit, "toy", settings, lambda run_dir: calls.append(run_dir) or {"value": 43})
     assert again == {"value": 43} and len(calls) == 2 and time.monotonic() - start < 5

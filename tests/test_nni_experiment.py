@@ -1,4 +1,4 @@
-"""Real NNI experiments of the shipped sweep YAMLs, started exactly as the README starts them (nnictl, local
+"""Real NNI experiments of the shipped sweep YAMLs, started exactly as docs/nni.md starts them (nnictl, local
 training service, a free loopback port instead of 8080), in an environment like a new user's: nothing activated,
 and a ``python`` first on PATH that cannot run trials. Each experiment lives in its own HOME (so its
 ``~/nni-experiments`` and nnictl's registry are the test's) and its runs go to a temporary folder
@@ -91,7 +91,7 @@ def _stderr(trial: dict) -> str:
 
 
 def test_readme_smoke_sweep_runs_with_nnictls_python_and_its_first_round_has_learned(tmp_path):
-    """The README's command as a new user types it; the first trial (SST-2, θ0 rewinding, seed 1) reports its
+    """The command of docs/nni.md as a new user types it; the first trial (SST-2, θ0 rewinding, seed 1) reports its
     first IMP round, the full model fine-tuned at the sweep's scale, which has learned the task (the majority
     class is 0.51 of SST-2's validation set). The test stops there: a whole trial is 6 rounds of 2 epochs."""
     with _experiment(SMOKE, _user_env(tmp_path)) as (port, _):

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .round_evaluator import RoundEvaluator
+
 __all__ = ["EarlyStop", "StopTraining", "RoundWatch", "mask_distance"]
 _log = logging.getLogger(__name__)
 
@@ -111,11 +113,13 @@ class RoundWatch:
             raise StopTraining(self.step)
 
     def train(self, evaluator, max_steps=None, max_epochs=None, steps_before: int = 0) -> None:
-        """``evaluator.train(...)`` with this watch in FineTuner's step checkpoints; ends quietly if it stops it.
-        ``steps_before``: steps the unit trained before this round (where its tracker logs continue)."""
-        if hasattr(evaluator, "set_log_offset"):
+        """``evaluator.train(...)`` with this watch in the step checkpoints of a
+        :class:`~.round_evaluator.RoundEvaluator`; ends quietly if it stops it. ``steps_before``: steps the unit
+        trained before this round (where its tracker logs continue)."""
+        extras: Dict[str, Any] = {}
+        if isinstance(evaluator, RoundEvaluator):
             evaluator.set_log_offset(steps_before)
-        extras = getattr(evaluator, "checkpoint_extras", {})
+            extras = evaluator.checkpoint_extras
         extras["early_stop"] = self
         try:
             evaluator.train(max_steps, max_epochs)

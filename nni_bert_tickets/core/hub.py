@@ -14,14 +14,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import yaml
 from safetensors import safe_open
 
 from .digest import DIGEST_KEY
 from .files import atomic_write_text
-from .ticket import Ticket, TicketError
+from .errors import TicketError
+
+Ticket = Any  # a .ticket.Ticket; that module imports this one, so its class comes in as a value (``load``)
 
 __all__ = ["TICKET_FILE", "CARD_FILE", "CITATION", "save_pretrained", "from_pretrained", "push_to_hub", "load_folder",
            "read_card"]
@@ -134,14 +136,16 @@ def read_card(path: Union[str, os.PathLike]) -> Dict[str, Any]:
 
 
 def from_pretrained(repo_id_or_folder: Union[str, os.PathLike], revision: Optional[str] = None, *,
-                    cache_dir: Optional[str] = None, token: Optional[str] = None) -> Ticket:
+                    load: Callable[[Path], Ticket], cache_dir: Optional[str] = None,
+                    token: Optional[str] = None) -> Ticket:
     """A ticket from a folder written by :func:`save_pretrained`, or from a Hub repository (``owner/name``) at
-    ``revision``; offline (``HF_HUB_OFFLINE=1``) a repository is read from the Hub cache."""
+    ``revision``; offline (``HF_HUB_OFFLINE=1``) a repository is read from the Hub cache. ``load`` reads a ticket
+    file (``Ticket.load``)."""
     source = os.fspath(repo_id_or_folder)
     if os.path.isdir(source):
         if revision is not None:
             raise ValueError(f"{source} is a local folder: it has no revision {revision!r} (that is for Hub repos)")
-        return load_folder(source)
+        return load_folder(source, load=load)
     if os.path.exists(source):
         raise TicketError(f"{source} is a file, not a ticket folder (read a ticket file with Ticket.load)")
     if not _is_repo_id(source):
@@ -158,7 +162,7 @@ def from_pretrained(repo_id_or_folder: Union[str, os.PathLike], revision: Option
             f"{' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''}: the Hub cache {where} has no copy of "
             f"it{f' at revision {revision}' if revision else ''}. Download it once online, or pass a ticket folder"
         ) from err
-    return load_folder(folder, name=f"{source}{f'@{revision}' if revision else ''}")
+    return load_folder(folder, name=f"{source}{f'@{revision}' if revision else ''}", load=load)
 
 
 def _is_repo_id(source: str) -> bool:
@@ -172,7 +176,8 @@ def _is_repo_id(source: str) -> bool:
     return True
 
 
-def load_folder(folder: Union[str, os.PathLike], name: Optional[str] = None) -> Ticket:
+def load_folder(folder: Union[str, os.PathLike], name: Optional[str] = None, *,
+                load: Callable[[Path], Ticket]) -> Ticket:
     """The ticket of a ticket folder, checked against its model card when there is one."""
     folder = Path(folder)
     path = folder / TICKET_FILE
@@ -180,7 +185,7 @@ def load_folder(folder: Union[str, os.PathLike], name: Optional[str] = None) -> 
         others = sorted(p.name for p in folder.glob("*.safetensors"))
         raise TicketError(f"{name or folder} holds no ticket file {TICKET_FILE}"
                           + (f" (it has {', '.join(others)})" if others else "") + ": not a ticket folder")
-    ticket = Ticket.load(path)
+    ticket = load(path)
     card = folder / CARD_FILE
     if card.is_file():
         _check_card(card, read_card(card).get("ticket"), ticket, path)

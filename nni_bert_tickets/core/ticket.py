@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from . import masks as M
 from .digest import DIGEST_KEY, digest_problem, ticket_digest
+from .errors import TicketError
 from .files import atomic_write
 from .architectures import model_type as type_of
 from .targets import base_prefix, is_pooler, prunable_modules, ticket_key
@@ -32,9 +33,6 @@ _FORMAT = "nni_bert_tickets.ticket/2"  # masks packed 8 per byte, their shapes i
 _FORMAT_0_1 = "nni_bert_tickets.ticket/1"  # version 0.1.0: one bool byte per mask entry
 _log = logging.getLogger(__name__)
 
-
-class TicketError(ValueError):
-    """A ticket that does not fit a model, or a file that is not a valid ticket."""
 
 
 def prunable_weights(model: torch.nn.Module, pooler: Optional[bool] = None) -> Dict[str, torch.Tensor]:
@@ -104,7 +102,7 @@ class Ticket:
     def __post_init__(self) -> None:
         self.masks = {k: v.detach().to("cpu", torch.bool) for k, v in self.masks.items()}
         if not self.version:
-            from .. import __version__
+            from .._version import __version__
             self.version = __version__
 
     # ---- construction -------------------------------------------------------------------------------------
@@ -332,7 +330,7 @@ class Ticket:
                         **hub: Any) -> "Ticket":
         """A ticket from a ticket folder or a Hub repository (offline: from the Hub cache), checked against its card."""
         from .hub import from_pretrained
-        return from_pretrained(repo_id_or_folder, revision, **hub)
+        return from_pretrained(repo_id_or_folder, revision, load=cls.load, **hub)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any):
         """Upload the folder :meth:`save_pretrained` writes to the Hub repository ``repo_id``."""

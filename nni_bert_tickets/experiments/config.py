@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
+import os
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ..core.early_stop import EarlyStop
+from ..core.masks import sparsity_schedule
+from ..core.naming import unit_name  # noqa: F401 (re-exported: experiments name units through config)
+from ..core.rewind import Rewind
+from ..core.targets import check_sparsity
+from ..core.ticket import Ticket
+from ..tasks import get_task, task_names
 from ..training.loop import TrainConfig
+from .tracking import check_trackers
 
-__all__ = ["ExperimentConfig", "parse_args", "load_yaml"]
+__all__ = ["ExperimentConfig", "parse_args", "load_yaml", "choices_of"]
 NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
@@ -34,71 +41,107 @@ TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_s
 # them does not rename the GLUE runs it shares with Table 2
 TASK_FIELDS = {"squad": ("doc_stride", "squad_train_articles"),
                "mlm": ("mlm_probability", "mlm_head_warmup_steps", "mlm_head_warmup_lr")}
+# the strategies of ``experiments.tables.BASELINES`` by name (a test keeps the two equal; config stays below tables)
+BASELINE_NAMES = ("random_pruning", "random_reinit", "shuffled", "oneshot", "imp_fresh_head")
+
+
+def _setting(default: Any = dataclasses.MISSING, help: str = "", choices: Sequence[str] = (), factory=None):
+    """A field of :class:`ExperimentConfig`: its default, the one line ``--help`` shows, and (for a choice) the
+    values it may take, which :meth:`ExperimentConfig.validate` checks."""
+    meta = {"help": help, **({"choices": tuple(choices)} if choices else {})}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_TRAIN = TrainConfig()  # the training defaults have one home: the training loop's own config
 
 
 @dataclass
 class ExperimentConfig:
+    """Every setting of an experiment; each is a ``--flag``, a YAML key and, unless in ``NOT_HASHED`` or
+    ``EXPERIMENT_FIELDS``, part of the run's name. ``help`` in each field's metadata is what ``--help`` shows."""
     # what
-    task: str = "rte"                           # a GLUE task, squad or mlm
-    model: str = "bert-base-uncased"            # Hub id or local path
-    data_dir: Optional[str] = None              # None: nyu-mll/glue from the Hub; else <dir>/<task>/<split>.jsonl
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    task: str = _setting("rte", "a GLUE task (rte, mrpc, stsb, cola, sst2, wnli, qnli, qqp, mnli), squad or mlm")
+    model: str = _setting("bert-base-uncased", "pre-trained checkpoint: a Hub id or a local folder (θ0)")
+    data_dir: Optional[str] = _setting(None, "folder of <task>/<split>.jsonl files; unset: nyu-mll/glue from the Hub")
+    max_train_samples: Optional[int] = _setting(None, "use only the first N training examples (unset: all of them)")
+    max_eval_samples: Optional[int] = _setting(None, "evaluate on only the first N examples (unset: all)")
     # pruning
-    target_sparsity: float = 0.7
-    schedule: str = "linear"                    # linear (reference code) | geometric (paper's text)
-    step: float = 0.1
-    rewind: Optional[float] = 0                 # 0: θ0; int k: step k; float in (0,1): fraction; None: standard
-    head: str = "keep"                          # keep | rewind | reinit
-    prune_pooler: Optional[bool] = None         # None: where the model has one (the paper); false: leave it out
-    # early-stopped search rounds (early-bird tickets): every N steps the next mask is computed, and a round stops
-    # once it moved less than the threshold at `patience` checks in a row; 0: rounds train fully (the paper)
-    early_stop_every: int = 0
-    early_stop_threshold: float = 0.01          # normalised Hamming distance over the weights a step prunes
-    early_stop_patience: int = 3
-    # training (the paper's defaults)
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    epochs: float = 3.0
-    max_steps: Optional[int] = None
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_ratio: float = 0.0
-    eval_batch_size: int = 128
-    max_length: int = 128
-    padding: str = "dynamic"
-    group_by_length: bool = True
-    doc_stride: int = 128                       # SQuAD: context tokens between the starts of two windows
-    mlm_probability: float = 0.15               # MLM: fraction of tokens masked
-    mlm_head_warmup_steps: int = 0              # MLM: train a missing MLM head first, body frozen (θ0 = body + it)
-    mlm_head_warmup_lr: float = 1e-3
-    squad_train_articles: Optional[int] = None  # SQuAD: re-split the dev set, its first N articles train
-    seed: int = 42
-    # which experiment (examples/glue.py): imp | table2 | table3 | transfer | dense_grid
-    experiment: str = "imp"
-    seeds: int = 3                              # full-model fine-tunings (mean ± std) for the verdicts
-    verdict_seeds: int = 1                      # Table 2: trainings of each decisive level's subnetwork (1: the paper)
-    baselines: List[str] = dataclasses.field(default_factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
-    baseline_sparsities: Optional[List[float]] = None  # None: every IMP level (or see baseline_offsets)
-    baseline_offsets: Optional[List[float]] = None     # e.g. [0, 0.2]: the highest matching level and 20 points up
-    shuffle_mode: str = "layers"                # θ0'': layers (reference code) | within
-    rewind_points: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
-    transfer_tasks: List[str] = dataclasses.field(default_factory=lambda: ["rte", "mrpc", "stsb", "cola", "sst2"])
-    transfer_sources: List[str] = dataclasses.field(default_factory=list)  # extra ticket sources, e.g. [mlm]
-    transfer_sparsity: float = 0.7
-    mlm_data_dir: Optional[str] = None          # data_dir of an mlm source (None: WikiText-2 from the Hub)
-    # transfer: training settings of single tasks, e.g. {sst2: {max_train_samples: 5000}}, so that each task's
-    # runs are the ones its own Table 2 config made (and are reused)
-    task_overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
-    # dense_grid: the full model alone at each learning rate × epochs, `seeds` fine-tunings per cell
-    grid_learning_rates: List[float] = dataclasses.field(default_factory=lambda: [1e-4, 3e-5])
-    grid_epochs: List[float] = dataclasses.field(default_factory=lambda: [2.0, 4.0, 6.0])
+    target_sparsity: float = _setting(0.7, "the sparsity IMP stops at (fraction of the pruned matrices' weights)")
+    schedule: str = _setting("linear", "linear: each round removes `step` of the original weights (reference code); "
+                             "geometric: `step` of the remaining ones (paper's text)", ("linear", "geometric"))
+    step: float = _setting(0.1, "sparsity removed per IMP round, in (0, 1)")
+    rewind: Optional[float] = _setting(0, Rewind.HELP)
+    head: str = _setting("keep", "the task head on rewind: keep its trained values (reference code), rewind it with "
+                         "the body (γ0, Algorithm 1) or reinit it", ("keep", "rewind", "reinit"))
+    prune_pooler: Optional[bool] = _setting(None, "prune the pooler: unset = where the model has one (the paper); "
+                                            "false leaves an untrained pooler out")
+    # early-stopped search rounds (early-bird tickets)
+    early_stop_every: int = _setting(0, "every N steps compute the next mask and stop a search round once it settles "
+                                     "(0: rounds train fully, the paper)")
+    early_stop_threshold: float = _setting(0.01, "a round stops when the next mask moved less than this (normalised "
+                                           "Hamming distance over the weights a step prunes) ...")
+    early_stop_patience: int = _setting(3, "... at this many checks in a row")
+    # training (the paper's defaults, from TrainConfig)
+    learning_rate: float = _setting(_TRAIN.learning_rate, "AdamW learning rate (linear decay to 0)")
+    batch_size: int = _setting(_TRAIN.batch_size, "training batch size per process")
+    epochs: float = _setting(_TRAIN.epochs, "epochs per training run (per IMP round)")
+    max_steps: Optional[int] = _setting(_TRAIN.max_steps, "optimizer steps per training run, overriding epochs (unset: epochs decide)")
+    weight_decay: float = _setting(_TRAIN.weight_decay, "AdamW weight decay (not on biases and LayerNorm)")
+    max_grad_norm: float = _setting(_TRAIN.max_grad_norm, "gradient clipping norm (0: none)")
+    warmup_ratio: float = _setting(_TRAIN.warmup_ratio, "fraction of the steps spent on linear LR warm-up")
+    eval_batch_size: int = _setting(_TRAIN.eval_batch_size, "evaluation batch size")
+    max_length: int = _setting(128, "longest input in tokens (longer ones are truncated, or windowed for SQuAD)")
+    padding: str = _setting(_TRAIN.padding, "dynamic: pad each batch to its longest input; max_length: pad all to "
+                            "max_length (the reference path)", ("dynamic", "max_length"))
+    group_by_length: bool = _setting(_TRAIN.group_by_length, "batch inputs of similar length (dynamic padding only)")
+    doc_stride: int = _setting(128, "SQuAD: context tokens between the starts of two windows")
+    mlm_probability: float = _setting(0.15, "MLM: fraction of tokens masked")
+    mlm_head_warmup_steps: int = _setting(0, "MLM: first train a missing MLM head for N steps, body frozen "
+                                          "(θ0 = body + that head)")
+    mlm_head_warmup_lr: float = _setting(1e-3, "MLM: learning rate of the head warm-up")
+    squad_train_articles: Optional[int] = _setting(None, "SQuAD: re-split the dev set, its first N articles train "
+                                                   "and the rest evaluate (unset: the train split trains)")
+    seed: int = _setting(42, "seed of the run (each IMP round and each fine-tuning is seeded from it)")
+    # which experiment (examples/glue.py)
+    experiment: str = _setting("imp", "what runs: one IMP run, Table 2, Table 3, the transfer matrix (Figure 3) or "
+                               "the dense grid", ("imp", "table2", "table3", "transfer", "dense_grid"))
+    seeds: int = _setting(3, "full-model fine-tunings (mean ± sample std) for the verdicts; at least 2 for a verdict")
+    verdict_seeds: int = _setting(1, "Table 2: trainings of each decisive level's subnetwork and of the baselines at "
+                                  "the highest matching level (1: the paper's single run)")
+    baselines: List[str] = _setting(help="Table 2 baselines to run", factory=lambda: ["random_pruning", "random_reinit", "shuffled"],
+                                    choices=BASELINE_NAMES)
+    baseline_sparsities: Optional[List[float]] = _setting(None, "IMP levels to run the baselines at (unset: every "
+                                                          "level, or see baseline_offsets)")
+    baseline_offsets: Optional[List[float]] = _setting(None, "baselines relative to the highest matching level, "
+                                                       "e.g. 0 0.2: there and 20 points above (unset: see "
+                                                       "baseline_sparsities)")
+    shuffle_mode: str = _setting("layers", "θ0'' shuffling: whole layers across depth (reference code) or entries "
+                                 "within every matrix", ("layers", "within"))
+    rewind_points: List[float] = _setting(help="Table 3: rewind points as fractions of training (0: θ0)",
+                                          factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.5])
+    transfer_tasks: List[str] = _setting(help="transfer matrix: the target tasks (each also a source)",
+                                         factory=lambda: ["rte", "mrpc", "stsb", "cola", "sst2"])
+    transfer_sources: List[str] = _setting(help="transfer matrix: extra ticket sources: a task (e.g. mlm), a YAML "
+                                           "config of an IMP run or a ticket file", factory=list)
+    transfer_sparsity: float = _setting(0.7, "transfer matrix: the sparsity of the transferred tickets")
+    mlm_data_dir: Optional[str] = _setting(None, "data_dir of an mlm source (unset: WikiText-2 from the Hub)")
+    task_overrides: Dict[str, Dict[str, Any]] = _setting(
+        help="transfer: training settings of single tasks, so each task's runs are those its own Table 2 config "
+             "made, e.g. '{sst2: {max_train_samples: 5000}}'", factory=dict)
+    grid_learning_rates: List[float] = _setting(help="dense_grid: the learning rates of the grid",
+                                                factory=lambda: [1e-4, 3e-5])
+    grid_epochs: List[float] = _setting(help="dense_grid: the epochs of the grid (seeds fine-tunings per cell)",
+                                        factory=lambda: [2.0, 4.0, 6.0])
     # bookkeeping
-    output_root: str = "runs"
-    checkpoint_steps: int = 0                   # save a resumable training state every N steps (0: per round only)
-    keep: str = "all"                           # what a finished IMP run keeps: all | tickets (no resume state) | final
-    log_level: str = "INFO"
-    report_to: List[str] = dataclasses.field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
+    output_root: str = _setting("runs", "where run directories and tables go")
+    checkpoint_steps: int = _setting(_TRAIN.checkpoint_steps, "save a resumable training state every N steps (0: "
+                                     "per round only)")
+    keep: str = _setting("all", "what a finished IMP run keeps: all, tickets (no resume state) or final (the last "
+                         "ticket and the trajectory)", ("all", "tickets", "final"))
+    log_level: str = _setting("INFO", "logging level (DEBUG, INFO, WARNING, ...)")
+    report_to: List[str] = _setting(help="Accelerate trackers to log to, e.g. tensorboard", factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.report_to, str):  # report_to: tensorboard in a YAML file
@@ -111,10 +154,11 @@ class ExperimentConfig:
             elif _kind(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
                     and f.name != "rewind":
                 setattr(self, f.name, float(value))
-        if isinstance(self.rewind, float) and self.rewind >= 1 and self.rewind.is_integer():
-            self.rewind = int(self.rewind)  # a step count written as 100.0
-        elif self.rewind == 0:
-            self.rewind = 0
+        if isinstance(self.rewind, (int, float)) and not isinstance(self.rewind, bool):
+            try:  # a step count written as 100.0 is 100; a bad value is refused by validate()
+                self.rewind = Rewind.parse(self.rewind).value
+            except ValueError:
+                pass
 
     def train_config(self) -> TrainConfig:
         names = {f.name for f in fields(TrainConfig)}
@@ -148,7 +192,6 @@ class ExperimentConfig:
 
     def early_stop(self):
         """The IMP run's :class:`~.early_stop.EarlyStop`, or None (``early_stop_every: 0``)."""
-        from ..core.early_stop import EarlyStop
         if not self.early_stop_every:
             return None
         return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience)
@@ -162,17 +205,11 @@ class ExperimentConfig:
 
     def levels(self) -> List[float]:
         """The sparsities the IMP run passes (0 first)."""
-        from ..core.masks import sparsity_schedule
         return [0.0] + sparsity_schedule(self.target_sparsity, self.schedule, self.step)
 
     def validate(self) -> "ExperimentConfig":
-        from ..tasks import get_task
-        from ..core.targets import check_sparsity
         get_task(self.task)
         check_sparsity(self.target_sparsity, "target_sparsity")
-        choices = {"schedule": ("linear", "geometric"), "head": ("keep", "rewind", "reinit"),
-                   "padding": ("dynamic", "max_length"), "shuffle_mode": ("layers", "within"),
-                   "experiment": ("imp", "table2", "table3", "transfer", "dense_grid"), "keep": ("all", "tickets", "final")}
         if not 0 < self.step < 1:
             raise ValueError(f"step must be in (0, 1), got {self.step!r}")
         for key in ("batch_size", "epochs", "learning_rate", "max_length", "eval_batch_size", "seeds"):
@@ -182,21 +219,20 @@ class ExperimentConfig:
             raise ValueError(f"checkpoint_steps must be >= 0, got {self.checkpoint_steps!r}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps!r}")
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        from .tables import BASELINES
-        unknown = sorted(set(self.baselines) - set(BASELINES))
-        if unknown:
-            raise ValueError(f"unknown baseline(s) {unknown}; known: {', '.join(BASELINES)}")
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and isinstance(getattr(self, f.name), list):
+                unknown = sorted(set(getattr(self, f.name)) - set(allowed))
+                if unknown:
+                    raise ValueError(f"unknown {f.name} {unknown}; known: {', '.join(allowed)}")
+            elif allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
         for task in self.transfer_tasks:
             get_task(task)
         for source in self.transfer_sources:
             _check_transfer_source(source, self.transfer_sparsity)
         check_sparsity(self.transfer_sparsity, "transfer_sparsity")
-        if self.rewind is not None and not (self.rewind == 0 or self.rewind >= 1 and float(self.rewind).is_integer()
-                                            or 0 < self.rewind < 1):
-            raise ValueError(f"rewind must be 0, a step count, a fraction in (0, 1) or null, got {self.rewind!r}")
+        Rewind.parse(self.rewind)  # a bad rewind setting is named here
         self._validate_experiment()
         return self
 
@@ -214,7 +250,6 @@ class ExperimentConfig:
             raise ValueError(f"keep: final deletes the tickets below the target sparsity, which the {self.experiment} "
                              "experiment reads (baselines, retraining, transfer); use keep: tickets, which deletes "
                              "only the resume state")
-        from .tracking import check_trackers
         check_trackers(self.report_to)
         if isinstance(self.early_stop_every, bool) or not isinstance(self.early_stop_every, int) \
                 or self.early_stop_every < 0:
@@ -272,7 +307,6 @@ class ExperimentConfig:
         if self.task_overrides and self.experiment != "transfer":
             raise ValueError(f"task_overrides is read by the transfer experiment only (experiment is {self.experiment}); "
                              "set the task's settings directly")
-        from ..tasks import get_task
         allowed = set(TRAINING_FIELDS) - {"task"}
         for task, settings in self.task_overrides.items():
             get_task(task)
@@ -286,22 +320,17 @@ class ExperimentConfig:
                 raise ValueError(f"task_overrides[{task}]: {err}") from err
 
 
-def unit_name(kind: str, settings: Dict[str, Any]) -> str:
-    """``<kind>-<hash>``: a unit of work (an IMP run, a full-model fine-tuning, a baseline, a transfer) is named by
-    exactly the settings it depends on, so equal settings share it and different ones never do."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{kind}-{digest}"
+def choices_of(name: str) -> tuple:
+    """The values the setting ``name`` may take (its field's ``choices``)."""
+    return next(f for f in fields(ExperimentConfig) if f.name == name).metadata["choices"]
 
 
 def _check_transfer_source(source: str, sparsity: float) -> None:
     """A transfer source names a task, a YAML config of an IMP run, or a ticket file at ``sparsity``."""
-    import os
 
-    from ..tasks import get_task, task_names
     if source.endswith(".safetensors"):
         if not os.path.isfile(source):
             raise ValueError(f"transfer source {source!r} names no ticket: no such file")
-        from ..core.ticket import Ticket
         ticket = Ticket.load(source)  # a TicketError for a file that is not a ticket
         if abs(ticket.sparsity - sparsity) > 0.005:
             raise ValueError(f"transfer source {source} is a {ticket.sparsity:.1%} ticket; transfer_sparsity is "
@@ -351,25 +380,30 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
     """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate.
     ``default_task`` replaces the ``task`` default (``examples/squad.py`` defaults to ``squad``)."""
     hints = typing.get_type_hints(ExperimentConfig)
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of settings (flags given here override it)")
     for f in fields(ExperimentConfig):
         kind = _kind(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, list) else "{}" if default == {} else default
+        text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")  # the help says what unset is
+        if choices and _element(hints[f.name]) is not None:
+            text += f"; any of: {', '.join(choices)}"
+        text = text.replace("%", "%%")
         if _element(hints[f.name]) is not None:
-            parser.add_argument(flag, nargs="+", type=_element(hints[f.name]), default=None,
-                                help=f"(default {f.default if f.default is not dataclasses.MISSING else f.default_factory()})")
+            parser.add_argument(flag, nargs="+", type=_element(hints[f.name]), default=None, help=text,
+                                metavar="NAME" if choices else None)
         elif kind is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                help=f"(default {f.default})")
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, help=text,
+                                metavar="{true,false}")
         elif kind is dict or typing.get_origin(kind) is dict:
-            parser.add_argument(flag, type=yaml.safe_load, default=None,
-                                help="(YAML mapping, e.g. '{sst2: {max_train_samples: 5000}}')")
+            parser.add_argument(flag, type=yaml.safe_load, default=None, help=text, metavar="YAML")
         elif f.name == "rewind":
-            parser.add_argument(flag, type=lambda s: None if s.lower() in ("none", "null") else float(s),
-                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+            parser.add_argument(flag, type=Rewind.from_text, default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+            parser.add_argument(flag, type=kind, default=None, help=text, choices=choices)
     args = vars(parser.parse_args(argv))
     values = {"task": default_task} if default_task else {}
     values.update(load_yaml(args.pop("config")) if args.get("config") else {})

@@ -1,6 +1,6 @@
 """The IMP experiment on a GLUE task: one run directory per settings, resumable, never recomputed.
 
-A run directory ``<output_root>/<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
+A run directory ``<output_root>/imp-<task>-<hash>/`` holds ``config.yaml`` (the resolved settings), ``log.txt``,
 ``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
 Once it is finished, ``keep`` bounds what stays in ``imp/``: ``all``; ``tickets`` (every round's ticket and the
 trajectory: what Table 2, Table 3 and the transfer matrix read); ``final`` (the final ticket and the trajectory).
@@ -22,11 +22,11 @@ from accelerate.utils import set_seed
 
 from . import tracking
 
-from .config import ExperimentConfig
-from .locks import unit_lock
+from .config import ExperimentConfig, choices_of
+from ..core.locks import unit_lock
 from ..tasks import get_task
 from ..core.files import atomic_write_text
-from ..core.imp_state import STATE_FILE, THETA_I_FILE
+from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
 from ..core.pruners import IMPPruner
 from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
@@ -34,7 +34,7 @@ from ..training.loop import FineTuner
 
 __all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run"]
 _log = logging.getLogger(__name__)
-_KEEP = ("all", "tickets", "final")
+_KEEP = choices_of("keep")
 
 
 def prepare(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
@@ -151,7 +151,7 @@ def longer_run(config: ExperimentConfig) -> Optional[Path]:
     """A finished IMP run under ``config.output_root`` with the same settings but a higher target, whose levels
     begin with all of ``config``'s and which kept the ticket of ``config``'s last level; or None.
 
-    Each IMP round depends only on the rounds before it (its seed is ``seed*1000 + round``), never on where
+    Each IMP round depends only on the rounds before it (it is seeded from the run seed and its round alone), never on where
     the run will stop, so such a run's first rounds are exactly the rounds ``config`` would train (Table 3's
     θ0 row at the matching sparsity is then Table 2's IMP run, read back)."""
     levels = config.levels()
@@ -168,7 +168,7 @@ def longer_run(config: ExperimentConfig) -> Optional[Path]:
         done = json.loads((candidate / "metrics.json").read_text())["trajectory"]
         reached = [r["target_sparsity"] for r in done][:len(levels)]
         if len(reached) == len(levels) and all(abs(a - b) < 1e-9 for a, b in zip(reached, levels)) and \
-                (candidate / "imp" / f"ticket-round{done[len(levels) - 1]['round']:02d}.safetensors").exists():
+                (candidate / "imp" / ticket_file(done[len(levels) - 1]["round"])).exists():
             return candidate
     return None
 
@@ -186,7 +186,7 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
     doomed = [imp_dir / STATE_FILE, imp_dir / THETA_I_FILE, *sorted(imp_dir.glob("step-checkpoint*"))]
     if keep == "final":
         last = trajectory[-1]["round"]
-        doomed += [imp_dir / f"ticket-round{r['round']:02d}.safetensors" for r in trajectory if r["round"] != last]
+        doomed += [imp_dir / ticket_file(r["round"]) for r in trajectory if r["round"] != last]
     deleted = []
     for path in doomed:
         if path.is_dir():

@@ -21,8 +21,9 @@ from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, ran
 from ..core.baseline_pruners import ReinitPruner, ShuffledPruner, mask_config_list
 from .config import ExperimentConfig, load_yaml, unit_name
 from .imp_run import imp_run_dir, prepare, run_imp
-from .locks import unit_lock
+from ..core.locks import unit_lock
 from ..core.files import atomic_write_text
+from ..core.imp_state import ticket_file
 from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
@@ -82,7 +83,7 @@ def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
-            path = run_dir / "imp" / f"ticket-round{record['round']:02d}.safetensors"
+            path = run_dir / "imp" / ticket_file(record["round"])
             if not path.exists() and (run_dir / "metrics.json").exists():
                 raise FileNotFoundError(f"{path} is gone: the IMP run {run_dir.name} is finished and kept only its "
                                         "final ticket (keep: final); delete the run directory and rerun it with "
@@ -90,7 +91,7 @@ def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
             ticket = Ticket.load(path)
             if ticket.rewind and ticket.rewind.startswith("theta_i") and ticket.weights is None:
                 # θi rewind weights are stored once, in the final ticket's file
-                final = Ticket.load(run_dir / "imp" / f"ticket-round{trajectory[-1]['round']:02d}.safetensors")
+                final = Ticket.load(run_dir / "imp" / ticket_file(trajectory[-1]["round"]))
                 ticket.weights = final.weights
             return ticket
     levels = [r["target_sparsity"] for r in trajectory]
@@ -337,7 +338,7 @@ def every_metric(trajectory: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def save_imp(config: ExperimentConfig, results: Dict[str, Any]) -> Dict[str, Any]:
     """``tables/imp-<task>.json``: an IMP run's trajectory with every metric, for the report (``experiment: imp``)."""
     last = results["trajectory"][-1]["round"]
-    theta0 = Ticket.load(imp_run_dir(config) / "imp" / f"ticket-round{last:02d}.safetensors").theta0
+    theta0 = Ticket.load(imp_run_dir(config) / "imp" / ticket_file(last)).theta0
     return _save(config, "imp", {"task": config.task, "metric": results["metric"], "imp_run": results["run"],
                                  "imp_trajectory": every_metric(results["trajectory"]),
                                  **({"theta0": theta0} if theta0 else {})})

@@ -152,11 +152,11 @@ def tokenize_glue(data, tokenizer, task: GlueTask | str, max_length: int = 128, 
 
 
 def _task(task: "GlueTask | str") -> GlueTask:
-    """A GLUE task or its name (through the one registry, :func:`nni_bert_tickets.tasks.get_task`)."""
+    """A GLUE task or its name (aliases such as ``sst-2`` too), from :data:`TASKS`, which the task registry
+    (:func:`nni_bert_tickets.tasks.get_task`) serves GLUE from."""
     if isinstance(task, GlueTask):
         return task
-    from . import get_task
-    found = get_task(task)
-    if not isinstance(found, GlueTask):
-        raise DataError(f"{task!r} is not a GLUE task")
-    return found
+    key = ALIASES.get(task.lower(), task.lower())
+    if key not in TASKS:
+        raise DataError(f"{task!r} is not a GLUE task; GLUE tasks: {', '.join(TASKS)}")
+    return TASKS[key]

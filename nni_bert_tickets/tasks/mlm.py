@@ -99,8 +99,8 @@ def warm_up_head(model, tuner, config, root) -> str:
     from accelerate.utils import set_seed
     from safetensors.torch import load_file, save_file
 
-    from ..experiments.config import unit_name
-    from ..experiments.locks import unit_lock
+    from ..core.locks import unit_lock
+    from ..core.naming import unit_name
     from ..core.files import atomic_write
     from ..core.targets import base_prefix
 

@@ -21,7 +21,7 @@ from typing import Iterator, Optional
 
 from filelock import FileLock, Timeout
 
-from ..core.files import atomic_write_text
+from .files import atomic_write_text
 
 __all__ = ["LOCK_FILE", "HOLDER_FILE", "unit_lock"]
 _log = logging.getLogger(__name__)
