@@ -78,3 +78,51 @@ def test_a_pattern_that_cannot_hold_is_refused_naming_the_matrix_or_setting():
     unstructured["a"][0, :3] = False  # three of one group of four already gone
     with pytest.raises(ValueError, match="not nested in any 2:4 mask"):
         nm_magnitude_masks(_weights(), 0.5, 2, 4, unstructured)
+
+
+def test_imp_with_a_2_4_pattern_ends_on_it_and_keeps_it_through_training_and_files(tmp_path):
+    from conftest import tiny_bert, toy_evaluator
+    from nni_bert_tickets import IMPPruner, Ticket, bert_config_list
+
+    model = tiny_bert()
+    pruner = IMPPruner(model, bert_config_list(model, 0.5), toy_evaluator(model), step=0.25, rewind=0,
+                       head="rewind", pattern="2:4")
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    final = {f"{name}.weight": m["weight"].bool() for name, m in masks.items()}
+    assert is_nm(final, 2, 4) and [t.sparsity for t in pruner.tickets] == pytest.approx([0, 0.25, 0.5])
+    for earlier, later in zip(pruner.tickets, pruner.tickets[1:]):  # nested, never more than 2 of 4 gone
+        assert all(bool((later.masks[k] <= earlier.masks[k]).all()) for k in later.masks)
+        assert all(bool((m.reshape(-1, 4).sum(1) >= 2).all()) for m in later.masks.values())
+    params = dict(model.named_parameters())
+    assert all(bool((params[k][~m] == 0).all()) for k, m in final.items())  # pruned weights exactly zero
+    pruner.tickets[-1].save(tmp_path / "t.safetensors")
+    assert is_nm(Ticket.load(tmp_path / "t.safetensors").masks, 2, 4)
+
+
+def test_a_pattern_imp_cannot_reach_is_refused_before_the_model_is_wrapped():
+    from conftest import tiny_bert, toy_evaluator
+    from nni_bert_tickets import IMPPruner, bert_config_list
+
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="beyond what a 2:4 pattern allows"):
+        IMPPruner(model, bert_config_list(model, 0.6), toy_evaluator(model), pattern="2:4")
+    with pytest.raises(ValueError, match=r"attention\.self\.query.*not divisible by M = 3"):
+        IMPPruner(model, bert_config_list(model, 0.3), toy_evaluator(model), pattern="1:3")
+    assert not any("_nni_wrapper" in name or "wrapper" in type(m).__name__.lower() for name, m in model.named_modules())
+
+
+def test_one_shot_2_4_of_theta0_and_the_config_refusal():
+    from conftest import tiny_bert
+    from nni_bert_tickets.core.baselines import one_shot_magnitude_ticket
+    from nni_bert_tickets.core.ticket import prunable_weights
+    from nni_bert_tickets.experiments.config import ExperimentConfig
+
+    model = tiny_bert()
+    ticket = one_shot_magnitude_ticket(model, 0.5, pattern="2:4")
+    reference = nm_magnitude_masks(prunable_weights(model), 0.5, 2, 4)
+    assert is_nm(ticket.masks, 2, 4) and all(torch.equal(ticket.masks[k], reference[k]) for k in reference)
+    with pytest.raises(ValueError, match="target_sparsity 0.7 is beyond what the 2:4 pattern allows"):
+        ExperimentConfig(task="rte", target_sparsity=0.7, pattern="2:4").validate()
+    assert ExperimentConfig(task="rte", target_sparsity=0.5, pattern="2:4").validate().run_name() != \
+        ExperimentConfig(task="rte", target_sparsity=0.5).validate().run_name()

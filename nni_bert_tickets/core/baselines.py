@@ -34,11 +34,15 @@ def random_ticket(ticket: Ticket, seed: int = 0) -> Ticket:
 
 
 def one_shot_magnitude_ticket(model: torch.nn.Module, sparsity: float, pooler: Optional[bool] = None,
-                              **meta) -> Ticket:
+                              pattern: Optional[str] = None, **meta) -> Ticket:
     """Prune the lowest-magnitude weights of the model's current (pre-trained) weights, globally, once, over the
-    prunable matrices (``pooler`` as in :func:`~nni_bert_tickets.core.targets.prunable_modules`)."""
+    prunable matrices (``pooler`` as in :func:`~nni_bert_tickets.core.targets.prunable_modules`). With an N:M
+    ``pattern`` (e.g. ``"2:4"``) no group of M consecutive input weights loses more than M − N: at sparsity 1 − N/M
+    the mask is exactly N:M."""
     weights = prunable_weights(model, pooler)
-    return Ticket.from_model(model, M.global_magnitude_masks(weights, sparsity), algorithm="oneshot", **meta)
+    masks = M.global_magnitude_masks(weights, sparsity) if pattern is None else \
+        M.nm_magnitude_masks(weights, sparsity, *M.parse_nm(pattern))
+    return Ticket.from_model(model, masks, algorithm="oneshot", **meta)
 
 
 def reinitialize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

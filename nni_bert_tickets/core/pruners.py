@@ -145,6 +145,10 @@ class IMPPruner(_TicketPruner):
     early_stop
         An :class:`~.early_stop.EarlyStop`: a round stops once the next mask has settled, unevaluated (``metric``
         None). The last round always trains fully: every ``metric`` is a fully trained subnetwork's.
+    pattern
+        ``"N:M"`` (e.g. ``"2:4"``): no round prunes more than M − N of any M consecutive input weights of a row, so
+        the run ends on an N:M mask when its target is 1 − N/M (:func:`~.masks.nm_magnitude_masks`). A target
+        beyond that, or a matrix whose input dimension M does not divide, is refused before the model is wrapped.
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
@@ -153,7 +157,7 @@ class IMPPruner(_TicketPruner):
                  seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
                  on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None,
                  ticket_meta: Optional[Dict[str, Any]] = None, early_stop: Optional[EarlyStop] = None,
-                 existed_wrappers=None):
+                 pattern: Optional[str] = None, existed_wrappers=None):
         if evaluator is None:
             raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
         if head not in ("keep", "rewind", "reinit"):
@@ -162,9 +166,13 @@ class IMPPruner(_TicketPruner):
         if not isinstance(early_stop, (EarlyStop, type(None))):
             raise TypeError(f"early_stop must be None or an EarlyStop, got {type(early_stop).__name__}")
         M.sparsity_schedule(0.5, schedule, step)  # a bad schedule or step fails before the model is wrapped
+        nm = None if pattern is None else M.parse_nm(pattern)
         super().__init__(model, config_list, evaluator, existed_wrappers)
         try:
             target = max(space.sparse_ratio for pool in self._pools().values() for space in pool.values())
+            if nm is not None:  # every pooled matrix must hold the pattern, and the target stay within it
+                M.check_nm({key: space.target for pool in self._pools().values() for key, space in pool.items()},
+                           *nm, sparsity=target)
         except BaseException:
             self.unwrap_model()  # leave the caller's model as it was
             raise
@@ -173,6 +181,7 @@ class IMPPruner(_TicketPruner):
         self.schedule, self.step, self.head = schedule, step, head
         self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
         self.ticket_meta, self.early_stop = dict(ticket_meta or {}), early_stop
+        self.pattern, self._nm = pattern, nm
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
@@ -204,7 +213,13 @@ class IMPPruner(_TicketPruner):
 
     def _prune_globally(self, sparsity: float) -> None:
         """Prune the lowest-magnitude surviving weights of each pool (all matrices together) to ``sparsity``."""
-        self._install(self._masks_by_pool(M.global_magnitude_masks, sparsity))
+        self._install(self._masks_by_pool(self._magnitude, sparsity))
+
+    def _magnitude(self, weights, sparsity, masks) -> M.Masks:
+        """IMP's pruning step: global magnitude, capped per group of M input weights under an N:M ``pattern``."""
+        if self._nm is None:
+            return M.global_magnitude_masks(weights, sparsity, masks)
+        return M.nm_magnitude_masks(weights, sparsity, *self._nm, masks)
 
     def _keep_ticket(self, level: int, metric: Optional[float], metrics: Dict[str, Any], steps: Dict[str, Any]) -> None:
         """This level's record in :attr:`trajectory` and its :class:`Ticket` in :attr:`tickets`; then ``on_round``."""
@@ -247,7 +262,7 @@ class IMPPruner(_TicketPruner):
         current_step = self._current_step()
         if self.early_stop is None or level + 1 >= len(self.levels):  # the last round trains its ticket fully
             return RoundWatch(current_step=current_step)
-        return RoundWatch(self.early_stop, lambda: self._masks_by_pool(M.global_magnitude_masks, self.levels[level + 1]),
+        return RoundWatch(self.early_stop, lambda: self._masks_by_pool(self._magnitude, self.levels[level + 1]),
                           self._masks_by_pool(lambda w, s, m: m), current_step,
                           may_stop=lambda: not self.rewind_point.to_theta_i or self._rewind_state is not None)  # θi first
 
@@ -311,6 +326,7 @@ class IMPPruner(_TicketPruner):
         """What makes the rounds what they are; a resume under other settings is refused."""
         return {"levels": self.levels, "schedule": self.schedule, "step": self.step, "rewind": self.rewind,
                 "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
+                **({"pattern": self.pattern} if self.pattern else {}),
                 "base_weights": self._base, "base_body": self._body,
                 "early_stop": self.early_stop and dataclasses.asdict(self.early_stop)}
 

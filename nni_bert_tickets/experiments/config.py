@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from ..core.early_stop import EarlyStop
-from ..core.masks import sparsity_schedule
+from ..core.masks import parse_nm, sparsity_schedule
 from ..core.naming import unit_name  # noqa: F401 (re-exported: experiments name units through config)
 from ..core.rewind import Rewind
 from ..core.targets import check_sparsity
@@ -77,6 +77,9 @@ class ExperimentConfig:
                          "the body (γ0, Algorithm 1) or reinit it", ("keep", "rewind", "reinit"))
     prune_pooler: Optional[bool] = _setting(None, "prune the pooler: unset = where the model has one (the paper); "
                                             "false leaves an untrained pooler out")
+    pattern: Optional[str] = _setting(None, "N:M pattern, e.g. 2:4: IMP never prunes more than M-N of any M "
+                                      "consecutive input weights and ends on an N:M mask at target 1-N/M (unset: "
+                                      "unstructured)")
     # early-stopped search rounds (early-bird tickets)
     early_stop_every: int = _setting(0, "every N steps compute the next mask and stop a search round once it settles "
                                      "(0: rounds train fully, the paper)")
@@ -219,6 +222,11 @@ class ExperimentConfig:
             raise ValueError(f"checkpoint_steps must be >= 0, got {self.checkpoint_steps!r}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {self.max_steps!r}")
+        if self.pattern is not None:
+            n, m = parse_nm(self.pattern)
+            if self.target_sparsity > 1 - n / m + 1e-9:
+                raise ValueError(f"target_sparsity {self.target_sparsity:g} is beyond what the {self.pattern} pattern "
+                                 f"allows ({1 - n / m:g}); e.g. target_sparsity: {1 - n / m:g}")
         for f in fields(self):
             allowed = f.metadata.get("choices")
             if allowed and isinstance(getattr(self, f.name), list):

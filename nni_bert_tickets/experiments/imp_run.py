@@ -123,6 +123,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"),
                            on_round=_tracked(accelerator, on_round), early_stop=config.early_stop(),
+                           pattern=config.pattern,
                            ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)
         with tracking.unit_run(accelerator, run_dir.name):
             pruner.compress()

@@ -128,7 +128,7 @@ def _on_own_weights(pruner) -> None:               # the pruner draws the weight
 
 
 def _oneshot(model, config, sparsity, seed):             # one-shot magnitude pruning of θ0 (no IMP run needed)
-    return one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler), True
+    return one_shot_magnitude_ticket(model, sparsity, pooler=config.prune_pooler, pattern=config.pattern), True
 
 
 BASELINES = {"random_pruning": _random_pruning, "random_reinit": _random_reinit, "shuffled": _shuffled,
@@ -146,7 +146,8 @@ def baseline(config: ExperimentConfig, kind: str, sparsity: float, accelerator: 
     settings = {**config.training_settings(), "seed": seed, "kind": kind, "sparsity": sparsity,
                 "imp_run": None if kind == "oneshot" else config.run_name(),  # one-shot needs no IMP run
                 "shuffle_mode": config.shuffle_mode if kind == "shuffled" else None,
-                **({"prune_pooler": config.prune_pooler} if config.prune_pooler is not None else {})}
+                **({"prune_pooler": config.prune_pooler} if config.prune_pooler is not None else {}),
+                **({"pattern": config.pattern} if config.pattern and kind == "oneshot" else {})}
 
     def compute(run_dir):
         model, tuner = prepare(dataclasses.replace(config, seed=seed), accelerator, run_dir / "step-checkpoint")
