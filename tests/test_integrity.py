@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import tiny_bert
 from nni_bert_tickets import Ticket, TicketError, global_magnitude_masks, prunable_weights
