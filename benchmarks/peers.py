@@ -12,8 +12,8 @@ one fine-tuning's budget being T optimizer steps:
   sparsity (masks updated 10 times over the first 2/3 of the run);
 * ``oneshot``: one-shot global magnitude pruning of θ0, then one fine-tuning (the runner's ``oneshot`` baseline unit);
 * ``standard``: standard pruning, IMP without rewinding (the runner's IMP run with ``rewind: null``);
-* ``imp``: the IMP ticket f(x; m ⊙ θ0, γ0) (the Table 2 IMP run; further seeds retrain its mask from θ0 as Table 2's
-  verdict seeds do).
+* ``imp``: the IMP ticket f(x; m ⊙ θ0, γ0) (the Table 2 IMP run; further seeds retrain its mask from θ0 as
+  Table 2's verdict seeds do).
 
 Every (method, sparsity, seed) is a unit of the run store (``cached``): an interrupted benchmark resumes at the first
 unfinished unit, and runs the Table 2 / Table 3 runner already finished are read, not retrained. Steps are counted:
@@ -81,7 +81,8 @@ def _gradual_magnitude(model, config_list, evaluator, steps):
 # name -> (NNI pruner builder or the runner's unit, budget in fine-tunings, what it is)
 PEERS = {
     "movement": (_movement(False), 1, "NNI MovementPruner during fine-tuning, single weights, per matrix"),
-    "movement_3x": (_movement(False), 3, "NNI MovementPruner during fine-tuning, single weights, per matrix, 3x budget"),
+    "movement_3x": (_movement(False), 3,
+                    "NNI MovementPruner during fine-tuning, single weights, per matrix, 3x budget"),
     "movement_block": (_movement(True), 1, "NNI MovementPruner, 32x32 blocks, global"),
     "movement_block_3x": (_movement(True), 3, "NNI MovementPruner, 32x32 blocks, global, 3x budget"),
     "gradual_magnitude": (_gradual_magnitude, 1, "NNI AGPPruner over LevelPruner during fine-tuning, per matrix"),
@@ -96,6 +97,13 @@ def zero_sparsity(model) -> float:
     """The fraction of exactly-zero weights over the prunable matrices (pooler left out), read from the model."""
     weights = [m.weight for m in prunable_modules(model, pooler=False).values()]
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def empty_rows(model) -> float:
+    """The fraction of the prunable matrices' rows that are entirely zero (near 0 for single-weight pruning at
+    moderate sparsity; the sparsity itself for a pruner that removes whole rows)."""
+    weights = [m.weight for m in prunable_modules(model, pooler=False).values()]
+    return sum(int((w == 0).all(dim=1).sum()) for w in weights) / sum(w.shape[0] for w in weights)
 
 
 def _peer(config: ExperimentConfig, method: str, sparsity: float, seed: int, accelerator=None) -> Dict[str, Any]:
@@ -124,7 +132,7 @@ def _peer(config: ExperimentConfig, method: str, sparsity: float, seed: int, acc
                 if bool((weight[targets["weight"] == 0] != 0).any()):
                     raise RuntimeError(f"{name}: pruned weights are not zero after applying the mask")
         return {**tuner.evaluate(model), "steps": taken, "sparsity": zero_sparsity(model),
-                "sparsity_from": "zeros of the evaluated model"}
+                "empty_rows": empty_rows(model), "sparsity_from": "zeros of the evaluated model"}
     return cached(Path(config.output_root), f"peer-{method}-{config.task}", settings, compute, accelerator)
 
 
@@ -147,6 +155,8 @@ def _runner(config: ExperimentConfig, method: str, sparsity: float, seed: int, t
         result = baseline(config, "oneshot", sparsity, accelerator, seed=seed)
         return {**result, "steps": finetuning, "sparsity_from": "the ticket's mask (runner unit)"}
     imp_config = _imp_config(config, None if method == "standard" else config.rewind, top)
+    if method == "standard":  # standard pruning has no mask to retrain: each seed is its own run
+        imp_config = dataclasses.replace(imp_config, seed=seed)
     imp = run_imp(imp_config, accelerator)
     record = _level(imp["trajectory"], sparsity)
     search = sum(r.get("steps") or 0 for r in imp["trajectory"] if r["round"] <= record["round"])
@@ -181,6 +191,8 @@ def run(args) -> Dict[str, Any]:
     import nni
     import transformers
     path = args.config or f"examples/configs/cpu/table2-{args.task}.yaml"
+    if not Path(path).is_file():
+        raise SystemExit(f"--task {args.task}: no config {path} (pass --config)")
     values = load_yaml(path)
     overrides = {k: getattr(args, k) for k in ("max_train_samples", "max_eval_samples", "max_steps", "output_root")
                  if getattr(args, k) is not None}
@@ -191,7 +203,8 @@ def run(args) -> Dict[str, Any]:
     out = Path(args.json or f"docs/results/peers-{config.task}.json")
     result = {"command": " ".join(["python", "benchmarks/peers.py", *map(shlex.quote, sys.argv[1:])]),
               "task": config.task, "config": path, "model": config.model, "metric": get_task(config.task).metric,
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "nni": nni.__version__},
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "nni": nni.__version__},
               "one_finetuning_steps": finetuning, "sparsities": args.sparsities, "seeds": args.seeds, "methods": {}}
     for method in args.methods:
         entry = {"what": PEERS[method][2] if method in PEERS else RUNNER[method],
@@ -214,6 +227,7 @@ def run(args) -> Dict[str, Any]:
                    "mean": statistics.fmean(r["default"] for r in runs) if runs else None,
                    "std": statistics.stdev(r["default"] for r in runs) if len(runs) > 1 else None,
                    "steps": [r.get("steps") for r in runs], "measured_sparsity": [r["sparsity"] for r in runs],
+                   **({"empty_rows": [r.get("empty_rows") for r in runs]} if method in PEERS else {}),
                    "sparsity_from": runs[0]["sparsity_from"] if runs else None}
             if error:
                 row["error"] = error
