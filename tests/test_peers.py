@@ -1,0 +1,79 @@
+"""benchmarks/peers.py as shipped: every pruner runs on the embedded model and real MRPC rows on a tiny budget, the
+evaluated models are as sparse as asked (read from their zeros), steps are counted, bad input is refused first."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
+DATA = ROOT.parent / "shared" / "data" / "glue" / "mrpc"
+needs_shared = pytest.mark.skipif(not (MODEL.is_dir() and DATA.is_dir()),
+                                  reason="the embedded model and GLUE copy (../shared) are not here")
+
+
+def _peers(tmp_path, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "benchmarks/peers.py", "--task", "mrpc",
+                           "--output-root", str(tmp_path / "runs"), "--json", str(tmp_path / "peers.json"), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=900)
+
+
+@needs_shared
+def test_every_method_on_a_tiny_budget(tmp_path):
+    _peers(tmp_path, "--sparsities", "0.5", "--max-train-samples", "32", "--max-eval-samples", "16",
+           "--max-steps", "2")
+    result = json.loads((tmp_path / "peers.json").read_text())
+    assert "benchmarks/peers.py" in result["command"] and "--max-steps 2" in result["command"]
+    assert result["one_finetuning_steps"] == 2
+    expected = {"movement", "movement_3x", "movement_block", "movement_block_3x", "gradual_magnitude", "oneshot",
+                "standard", "imp"}
+    assert set(result["methods"]) == expected
+    for method, entry in result["methods"].items():
+        (row,) = entry["rows"]
+        assert "error" not in row, (method, row.get("error"))
+        assert row["n"] == 1 and len(row["runs"]) == 1 and 0.0 <= row["runs"][0] <= 1.0
+        (measured,) = row["measured_sparsity"]
+        if entry["budget"] is not None:  # the NNI peers: read from the evaluated model's zeros
+            assert row["sparsity_from"] == "zeros of the evaluated model"
+        if method in ("movement", "movement_3x", "gradual_magnitude"):  # single weights, not NNI's default rows
+            assert row["empty_rows"][0] < 0.01, (method, row["empty_rows"])
+        assert abs(measured - 0.5) < 1e-3, (method, measured)
+    steps = {m: e["rows"][0]["steps"][0] for m, e in result["methods"].items()}
+    assert steps["movement"] == steps["movement_block"] == steps["gradual_magnitude"] == steps["oneshot"] == 2
+    assert steps["movement_3x"] == steps["movement_block_3x"] == 3 * steps["movement"]
+    # IMP and standard pruning count their search: rounds 0..5 (0 %, 10 %, ..., 50 %) of 2 steps each
+    assert steps["imp"] == steps["standard"] == 6 * 2
+    # a second call reads every unit back from the run store: same numbers, nothing retrained
+    again = _peers(tmp_path, "--sparsities", "0.5", "--max-train-samples", "32", "--max-eval-samples", "16",
+                   "--max-steps", "2")
+    assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
+    assert json.loads((tmp_path / "peers.json").read_text())["methods"] == result["methods"]
+    png = tmp_path / "peers.png"
+    _peers(tmp_path, "--plot", str(tmp_path / "peers.json"), "--png", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--methods", "movement", "lasso"], "lasso"),
+    (["--sparsities", "1.0"], "--sparsities: 1.0"),
+    (["--sparsities", "0.0"], "--sparsities: 0.0"),
+    (["--sparsities", "0.55", "0.9", "--methods", "imp"], "not levels of the IMP run"),
+    (["--seeds", "0"], "--seeds"),
+    (["--task", "qqp"], "--task qqp: no config examples/configs/cpu/table2-qqp.yaml"),
+])
+def test_bad_input_is_refused_before_any_training(tmp_path, monkeypatch, args, named):
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)  # in process: the subprocess path is the test above
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit, match=re.escape(named)):
+        peers.main(["--task", "mrpc", "--output-root", str(tmp_path / "runs"), "--json", str(tmp_path / "peers.json"),
+                    *args])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "peers.json").exists()
