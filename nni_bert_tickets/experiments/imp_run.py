@@ -4,6 +4,11 @@ A run directory ``<output_root>/imp-<task>-<hash>/`` holds ``config.yaml`` (the 
 ``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
 Once it is finished, ``keep`` bounds what stays in ``imp/``: ``all``; ``tickets`` (every round's ticket and the
 trajectory: what Table 2, Table 3 and the transfer matrix read); ``final`` (the final ticket and the trajectory).
+
+Round 0, the dense fine-tuning, is shared (:class:`~nni_bert_tickets.core.dense_round.DenseRound`) by every run
+whose settings differ only in ``rewind`` and ``target_sparsity``: it lives in ``<output_root>/dense-<task>-<hash>/``
+(:func:`dense_round_dir`) with the θi snapshots of ``rewind_points``, and is trained by the first run that needs it.
+Under early stopping round 0 may stop at a step that depends on the schedule, so it is not shared then.
 """
 from __future__ import annotations
 
@@ -23,7 +28,9 @@ from accelerate.utils import set_seed
 from . import tracking
 
 from .config import ExperimentConfig, choices_of
+from ..core.dense_round import DenseRound
 from ..core.locks import unit_lock
+from ..core.naming import unit_name
 from ..tasks import get_task
 from ..core.files import atomic_write_text
 from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
@@ -32,7 +39,7 @@ from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
 
-__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run"]
+__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run", "dense_round_dir"]
 _log = logging.getLogger(__name__)
 _KEEP = choices_of("keep")
 
@@ -123,7 +130,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"),
                            on_round=_tracked(accelerator, on_round), early_stop=config.early_stop(),
-                           pattern=config.pattern,
+                           pattern=config.pattern, dense_round=_dense_round(config, accelerator),
                            ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)
         with tracking.unit_run(accelerator, run_dir.name):
             pruner.compress()
@@ -139,6 +146,22 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def dense_round_dir(config: ExperimentConfig) -> Optional[Path]:
+    """Where ``config``'s IMP round 0 is shared: ``<output_root>/dense-<task>-<hash>``, the hash of exactly what the
+    round depends on (the run's settings less ``rewind`` and ``target_sparsity``, which act only after it); None
+    under early stopping, where round 0 may stop at a step that depends on the schedule and is not shared."""
+    if config.early_stop_every:
+        return None
+    settings = {k: v for k, v in config.hashed().items() if k not in ("rewind", "target_sparsity")}
+    return Path(config.output_root) / unit_name(f"dense-{config.task}", settings)
+
+
+def _dense_round(config: ExperimentConfig, accelerator: Accelerator) -> Optional[DenseRound]:
+    """The shared round 0, asked for the θi snapshots of Table 3's ``rewind_points`` (besides the run's own)."""
+    folder = dense_round_dir(config)
+    return None if folder is None else DenseRound(folder, [p for p in config.rewind_points if p], accelerator)
 
 
 def imp_run_dir(config: ExperimentConfig) -> Path:
