@@ -26,8 +26,7 @@ from nni.compression.utils.evaluator import Evaluator
 from . import masks as M
 from .baselines import check_layer_shuffle, reinitialize, shuffle_weights
 from .pruners import _TicketPruner
-from .targets import check_config_list
-from .targets import prunable_modules, ticket_key
+from .targets import check_config_list, prunable_modules, ticket_key
 from .ticket import Ticket, TicketError
 
 __all__ = ["ReinitPruner", "ShuffledPruner", "mask_config_list"]
