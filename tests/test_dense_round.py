@@ -101,3 +101,34 @@ def test_bad_dense_rounds_are_refused(tmp_path):
     _run(0, store)
     with pytest.raises(ValueError, match="another model or seed"):  # a folder of another start is never read
         _run(0, store, seed=1)
+
+
+def test_the_runner_shares_round_zero_by_exactly_what_it_depends_on(tmp_path, minilm_path, glue_dir, monkeypatch):
+    """run_imp keeps round 0 in <output_root>/dense-<task>-<hash>; runs differing in rewind or target share it and
+    end as runs that trained it; run names do not change; no sharing under early stopping or when switched off."""
+    import dataclasses
+    import json
+    from nni_bert_tickets.experiments.config import ExperimentConfig
+    from nni_bert_tickets.experiments.imp_run import dense_round_dir, run_imp
+    from nni_bert_tickets.training.loop import FineTuner
+    calls = []
+    train = FineTuner.train
+    monkeypatch.setattr(FineTuner, "train", lambda self, *a, **k: (calls.append(1), train(self, *a, **k))[1])
+    config = ExperimentConfig(task="wnli", model=minilm_path, data_dir=glue_dir, max_train_samples=32,
+                              max_eval_samples=16, batch_size=16, max_length=32, max_steps=2, target_sparsity=0.1,
+                              step=0.1, rewind_points=[0, 0.5], output_root=str(tmp_path / "shared")).validate()
+    half = dataclasses.replace(config, rewind=0.5)
+    alone = dataclasses.replace(half, output_root=str(tmp_path / "alone"), share_dense_round=False)
+    assert dense_round_dir(config) == dense_round_dir(half) == dense_round_dir(dataclasses.replace(
+        config, target_sparsity=0.2, rewind=None))
+    assert dense_round_dir(config).name.startswith("dense-wnli-") and dense_round_dir(alone) is None
+    assert dense_round_dir(dataclasses.replace(config, seed=1)) != dense_round_dir(config)
+    assert dense_round_dir(dataclasses.replace(config, early_stop_every=1)) is None
+    assert alone.run_name() == half.run_name()  # the switch is not part of any run's name
+    run_imp(config)
+    assert len(calls) == 2 and (dense_round_dir(config) / "theta_i-0.5.safetensors").exists()
+    shared = run_imp(half)
+    assert len(calls) == 3  # round 0 read back
+    expected = run_imp(alone)
+    assert len(calls) == 5 and not list((tmp_path / "alone").glob("dense-*"))
+    assert json.dumps(shared["trajectory"]) == json.dumps(expected["trajectory"])

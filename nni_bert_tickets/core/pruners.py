@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
-import numpy as np
 import torch
 from nni.compression.base.compressor import Pruner
 from nni.compression.utils.evaluator import Evaluator
@@ -25,6 +23,7 @@ from .targets import base_prefix, check_config_list, check_sparsity, ticket_key
 from .imp_state import (RunStore, body_fingerprint, head_names, restore_state, rewind_params, state_tensors,
                         unwrapped_name)
 from .rewind import Rewind
+from .seeding import level_seed, seed_round
 from .round_evaluator import RoundEvaluator, quiet_step_patch
 from .ticket import Ticket, model_name, fingerprint, prunable_weights
 
@@ -214,7 +213,8 @@ class IMPPruner(_TicketPruner):
         for level in range(self._resume(), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             self._seed_everything(level)
-            result = (self._shared_dense_round(max_steps, max_epochs) if level == 0 and self.dense_round
+            shared = level == 0 and self.dense_round is not None                # round 0 trained once, for all runs
+            result = (self._shared_dense_round(max_steps, max_epochs) if shared
                       else self._train_and_evaluate(level, max_steps, max_epochs))  # train f(x; m ⊙ θ) (θi: round 0)
             self._keep_ticket(level, *result)                                 # the subnetwork at this level
             if level + 1 < len(self.levels):
@@ -253,7 +253,8 @@ class IMPPruner(_TicketPruner):
         evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
         capture = level == 0 and self.rewind_point.to_theta_i and self._rewind_state is None
         watch = self._watch(level)
-        after_step = ([self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []) + [watch, *tasks]
+        own = [self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []
+        after_step = own + [watch, *tasks]
         evaluator.patch_optimizer_step([], after_step)
         with quiet_step_patch(evaluator):
             watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
@@ -394,18 +395,3 @@ class IMPPruner(_TicketPruner):
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
-
-
-def level_seed(seed: int, level: int) -> int:
-    """The seed of IMP round ``level`` in a run seeded with ``seed``: the run seed and the round alone, so no round
-    depends on where IMP stops."""
-    return seed * 1000 + level
-
-
-def seed_round(seed: int, level: int) -> None:
-    """Seed Python, NumPy and torch for IMP round ``level`` of a run seeded with ``seed`` (as every IMP driver does
-    before training a round, so equal seeds give equal rounds)."""
-    seed = level_seed(seed, level)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
