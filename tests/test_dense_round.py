@@ -80,10 +80,12 @@ def test_a_run_killed_in_the_dense_round_keeps_its_snapshots_and_ends_the_same(t
     snapshot = tmp_path / "dense" / "theta_i-0.5.safetensors"
     assert snapshot.exists() and not (tmp_path / "dense" / END_FILE).exists()
     taken = snapshot.stat().st_mtime_ns
+    (tmp_path / "dense" / ".tmp-abc").write_bytes(b"")  # what a SIGKILL in the middle of a write leaves
     resumed, rounds = _run(0.5, store, output_dir=str(tmp_path / "run"))
     alone, _ = _run(0.5)
     _same(resumed, alone)
     assert rounds == len(alone.levels) and snapshot.stat().st_mtime_ns == taken  # kept, not taken again
+    assert not (tmp_path / "dense" / ".tmp-abc").exists()  # removed by the next holder of the folder's lock
     other, rounds = _run(0.5, store, output_dir=str(tmp_path / "other"))
     _same(other, alone)
     assert rounds == len(alone.levels) - 1

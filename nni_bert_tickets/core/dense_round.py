@@ -14,17 +14,18 @@ trains it (:func:`~.locks.unit_lock`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .files import atomic_write
+from .files import atomic_write, remove_stale_temporaries
 from .imp_state import is_main_process, unwrapped_name
 from .locks import unit_lock
 from .rewind import Rewind
@@ -61,9 +62,13 @@ class DenseRound:
             if point.to_theta_i and point not in self.rewinds:
                 self.rewinds.append(point)
 
-    def lock(self):
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
         """Hold the folder's lock: one process trains the round, the others then read it."""
-        return unit_lock(self.folder, self.accelerator)
+        with unit_lock(self.folder, self.accelerator):
+            if is_main_process():
+                remove_stale_temporaries(self.folder)  # left by a process killed mid-write
+            yield
 
     def wanted(self, own: Rewind) -> List[Rewind]:
         """The snapshots a training of the round takes for a run rewinding to ``own``."""

@@ -32,7 +32,7 @@ from ..core.dense_round import DenseRound
 from ..core.locks import unit_lock
 from ..core.naming import unit_name
 from ..tasks import get_task
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, remove_stale_temporaries
 from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
 from ..core.pruners import IMPPruner
 from ..core.targets import bert_config_list
@@ -125,6 +125,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
     early.close()
     try:
         if accelerator.is_main_process:
+            for folder in (run_dir, run_dir / "imp"):  # left by a run killed mid-write (SIGKILL); we hold the lock
+                remove_stale_temporaries(folder)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, config_list, tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
