@@ -25,8 +25,8 @@ from nni.compression.utils.evaluator import Evaluator
 
 from . import masks as M
 from .baselines import check_layer_shuffle, reinitialize, shuffle_weights
-from .pruners import _TicketPruner, _check_config_list
-from .targets import prunable_modules, ticket_key
+from .pruners import _TicketPruner
+from .targets import check_config_list, prunable_modules, ticket_key
 from .ticket import Ticket, TicketError
 
 __all__ = ["ReinitPruner", "ShuffledPruner", "mask_config_list"]
@@ -155,7 +155,7 @@ def _selected(model: torch.nn.Module, config_list: List[Dict], given: Mapping[st
               who: str) -> Dict[str, Dict[str, Any]]:
     """The weight settings NNI will give each selected matrix (checked before anything is wrapped); the config
     list must select exactly the matrices the mask covers."""
-    _check_config_list(model, config_list, who)
+    check_config_list(model, config_list, who)
     selected: Dict[str, Dict[str, Any]] = {}
     for config in trans_legacy_config_list(config_list):  # NNI's own selection (legacy excludes folded in)
         modules, public, _ = select_modules_by_config(model, config)

@@ -1,13 +1,15 @@
 """Files written whole or not at all: a temporary file beside the target, renamed into place."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import tempfile
 from typing import Any, Callable, Optional
 
-__all__ = ["atomic_write", "atomic_write_text", "no_space_error"]
+__all__ = ["atomic_write", "atomic_write_text", "no_space_error", "remove_stale_temporaries"]
+_TMP_PREFIX = ".tmp-"
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -18,7 +20,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], size: Opt
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX)
     os.close(fd)
     try:
         try:
@@ -64,3 +66,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
     atomic_write(path, write, size=len(data))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files a process killed mid-write (SIGKILL: no clean-up runs) left in ``folder``. Only
+    for a writer that holds the folder's lock (:func:`~.locks.unit_lock`), before it writes: another writer's
+    temporary file would be in use."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(_TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))

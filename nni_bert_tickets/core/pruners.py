@@ -7,27 +7,24 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import random
-import warnings
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
-import numpy as np
 import torch
 from nni.compression.base.compressor import Pruner
-from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 from nni.compression.utils.evaluator import Evaluator
 
 from . import masks as M
+from .dense_round import DenseRound, start_fingerprint
 from .early_stop import EarlyStop, RoundWatch
-from .targets import base_prefix, check_sparsity, prunable_modules, ticket_key
+from .targets import base_prefix, check_config_list, check_sparsity, ticket_key
 from .imp_state import (RunStore, body_fingerprint, head_names, restore_state, rewind_params, state_tensors,
                         unwrapped_name)
 from .rewind import Rewind
-from .round_evaluator import RoundEvaluator
+from .seeding import level_seed, seed_round
+from .round_evaluator import RoundEvaluator, quiet_step_patch
 from .ticket import Ticket, model_name, fingerprint, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
@@ -39,7 +36,7 @@ class _TicketPruner(Pruner):
     """Shared plumbing: element-wise masks, pools of targets, masks <-> live weights, tickets."""
 
     def __init__(self, model, config_list, evaluator=None, existed_wrappers=None):
-        _check_config_list(model, config_list, type(self).__name__)
+        check_config_list(model, config_list, type(self).__name__)
         super().__init__(model, config_list, evaluator, existed_wrappers)
 
     def _set_default_sparse_granularity(self, target_space):  # element-wise masks, as the paper prunes
@@ -149,6 +146,11 @@ class IMPPruner(_TicketPruner):
         ``"N:M"`` (e.g. ``"2:4"``): no round prunes more than M − N of any M consecutive input weights of a row, so
         the run ends on an N:M mask when its target is 1 − N/M (:func:`~.masks.nm_magnitude_masks`). A target
         beyond that, or a matrix whose input dimension M does not divide, is refused before the model is wrapped.
+    dense_round
+        A :class:`~.dense_round.DenseRound` shared by the runs that start with the same dense fine-tuning (same
+        model, seed and training): round 0 is read back from it when it holds the round and this run's θi, else
+        trained as usual, taking the snapshots it asks for, and kept there. Everything after round 0 is unchanged,
+        so the run is the one it would have been. Not with ``early_stop`` (round 0 could stop by the schedule).
     """
 
     def __init__(self, model: torch.nn.Module, config_list: List[Dict], evaluator: Evaluator, *,
@@ -157,7 +159,7 @@ class IMPPruner(_TicketPruner):
                  seed: int = 0, task: Optional[str] = None, output_dir: Optional[str] = None,
                  on_round: Optional[Callable[[Dict[str, Any], Ticket], None]] = None,
                  ticket_meta: Optional[Dict[str, Any]] = None, early_stop: Optional[EarlyStop] = None,
-                 pattern: Optional[str] = None, existed_wrappers=None):
+                 pattern: Optional[str] = None, dense_round: Optional[DenseRound] = None, existed_wrappers=None):
         if evaluator is None:
             raise ValueError("IMPPruner needs an evaluator: each round is trained through it")
         if head not in ("keep", "rewind", "reinit"):
@@ -165,6 +167,11 @@ class IMPPruner(_TicketPruner):
         rewind_point = Rewind.parse(rewind)  # a bad rewind fails before the model is wrapped
         if not isinstance(early_stop, (EarlyStop, type(None))):
             raise TypeError(f"early_stop must be None or an EarlyStop, got {type(early_stop).__name__}")
+        if not isinstance(dense_round, (DenseRound, type(None))):
+            raise TypeError(f"dense_round must be None or a DenseRound, got {type(dense_round).__name__}")
+        if dense_round is not None and early_stop is not None:
+            raise ValueError("dense_round cannot be shared under early_stop: round 0 may stop early, at a step that "
+                             "depends on the schedule; leave one of them out")
         M.sparsity_schedule(0.5, schedule, step)  # a bad schedule or step fails before the model is wrapped
         nm = None if pattern is None else M.parse_nm(pattern)
         super().__init__(model, config_list, evaluator, existed_wrappers)
@@ -182,6 +189,8 @@ class IMPPruner(_TicketPruner):
         self.seed, self.task, self.output_dir, self.on_round = seed, task, output_dir, on_round
         self.ticket_meta, self.early_stop = dict(ticket_meta or {}), early_stop
         self.pattern, self._nm = pattern, nm
+        self.dense_round = dense_round
+        self._start = start_fingerprint(self.bound_model, seed) if dense_round is not None else None
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
@@ -204,7 +213,9 @@ class IMPPruner(_TicketPruner):
         for level in range(self._resume(), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             self._seed_everything(level)
-            result = self._train_and_evaluate(level, max_steps, max_epochs)  # train f(x; m ⊙ θ) (θi: in round 0)
+            shared = level == 0 and self.dense_round is not None                # round 0 trained once, for all runs
+            result = (self._shared_dense_round(max_steps, max_epochs) if shared
+                      else self._train_and_evaluate(level, max_steps, max_epochs))  # train f(x; m ⊙ θ) (θi: round 0)
             self._keep_ticket(level, *result)                                 # the subnetwork at this level
             if level + 1 < len(self.levels):
                 self._prune_globally(self.levels[level + 1])                  # prune the smallest survivors, globally
@@ -234,17 +245,18 @@ class IMPPruner(_TicketPruner):
         if self.on_round is not None:
             self.on_round(record, self.tickets[-1])
 
-    def _train_and_evaluate(self, level: int, max_steps, max_epochs):
+    def _train_and_evaluate(self, level: int, max_steps, max_epochs, tasks: Tuple[Callable[[], None], ...] = ()):
         """Train the current subnetwork for one round through the evaluator (a fresh optimizer and schedule), with
         its after-step tasks: the θi capture in round 0, and the watch that counts steps (and may stop a search
-        round early). Then evaluate it; a round stopped early is not evaluated."""
+        round early), then ``tasks``. Then evaluate it; a round stopped early is not evaluated."""
         evaluator = self.evaluator
         evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
         capture = level == 0 and self.rewind_point.to_theta_i and self._rewind_state is None
         watch = self._watch(level)
-        after_step = ([self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []) + [watch]
+        own = [self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []
+        after_step = own + [watch, *tasks]
         evaluator.patch_optimizer_step([], after_step)
-        with _quiet_step_patch(evaluator):
+        with quiet_step_patch(evaluator):
             watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
         self.bound_model.zero_grad(set_to_none=True)  # a loop cut short mid-step leaves gradients behind
         result = evaluator.evaluate() if watch.stopped_at is None else None  # a cut-short round is not a verdict
@@ -266,12 +278,35 @@ class IMPPruner(_TicketPruner):
                           self._masks_by_pool(lambda w, s, m: m), current_step,
                           may_stop=lambda: not self.rewind_point.to_theta_i or self._rewind_state is not None)  # θi first
 
+    def _shared_dense_round(self, max_steps, max_epochs):
+        """Round 0 from :attr:`dense_round`: read back if it holds the round and this run's θi, else trained here
+        (taking every snapshot it asks for) and kept there."""
+        store, rewind = self.dense_round, self.rewind_point
+        steps_of = self.evaluator if isinstance(self.evaluator, RoundEvaluator) else None
+        with store.lock():
+            if store.holds(rewind):
+                result = store.load(self.bound_model, self._start)
+                if rewind.to_theta_i:
+                    self._rewind_state = store.snapshot(rewind, self.bound_model, self._start)
+                if steps_of is not None:  # a step checkpoint of a round 0 killed here is not round 1's
+                    steps_of.discard_checkpoint()
+                return result
+            wanted = {point: self._rewind_step(max_steps, max_epochs, point) for point in store.wanted(rewind)}
+            missing = [wanted[point] for point in store.missing(rewind)]
+            if steps_of is not None and missing and steps_of.checkpoint_step(max_steps, max_epochs) >= min(missing):
+                steps_of.discard_checkpoint()  # resumed past a snapshot the folder lacks: train round 0 from its start
+            task = store.capture(wanted, self.bound_model, self._start, self._current_step())
+            result = self._train_and_evaluate(0, max_steps, max_epochs, (task,))
+            store.save(self.bound_model, result, self._start)
+            return result
+
     # ---- rewinding -----------------------------------------------------------------------------------------
-    def _rewind_step(self, max_steps, max_epochs) -> int:
+    def _rewind_step(self, max_steps, max_epochs, point: Optional[Rewind] = None) -> int:
+        """The step of round 0 whose weights are ``point`` (this run's rewind point if None)."""
         total = max_steps
         if total is None and isinstance(self.evaluator, RoundEvaluator):
             total = self.evaluator.num_training_steps(max_steps, max_epochs)
-        return self.rewind_point.step(total)
+        return (point or self.rewind_point).step(total)
 
     def _snapshot_at(self, step: int) -> Callable[[], None]:
         """An after-optimizer-step task that keeps θ_step. It asks the evaluator which step just finished when
@@ -360,63 +395,3 @@ class IMPPruner(_TicketPruner):
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
-
-
-def level_seed(seed: int, level: int) -> int:
-    """The seed of IMP round ``level`` in a run seeded with ``seed``: the run seed and the round alone, so no round
-    depends on where IMP stops."""
-    return seed * 1000 + level
-
-
-def seed_round(seed: int, level: int) -> None:
-    """Seed Python, NumPy and torch for IMP round ``level`` of a run seeded with ``seed`` (as every IMP driver does
-    before training a round, so equal seeds give equal rounds)."""
-    seed = level_seed(seed, level)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def _quiet_step_patch(evaluator):
-    """NNI's evaluators build the LR scheduler in ``bind_model`` and replace ``optimizer.step`` afterwards
-    (``patch_optimizer_step``, which only adds tasks around the original step), so torch's scheduler reports
-    "`optimizer.step()` has been overridden after learning rate scheduler initialization" at its first step of
-    every round, though the steps run in the right order. A :class:`~.round_evaluator.RoundEvaluator` owns that order (the training
-    loop's builds its scheduler after the patch); for any other NNI evaluator exactly that message is filtered
-    while the round trains. Other warnings, such as a scheduler stepped before the optimizer, still show."""
-    if isinstance(evaluator, RoundEvaluator):
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning,
-                                message=r"Seems like `optimizer\.step\(\)` has been overridden after learning rate "
-                                        r"scheduler initialization")
-        yield
-
-
-def _check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str) -> None:
-    """Fail before wrapping anything if a config entry selects no module or has a bad sparse_ratio."""
-    if not config_list:
-        raise ValueError(f"{who}: config_list is empty")
-    names = {name for name, _ in model.named_modules()}
-    prunable = set(prunable_modules(model))
-    for i, config in enumerate(trans_legacy_config_list(config_list)):
-        unknown = [n for n in config.get("op_names", []) if n not in names]
-        if unknown:
-            raise ValueError(f"{who}: config_list[{i}] names modules the model does not have: {unknown[:3]}")
-        selected = select_modules_by_config(model, config)[0]
-        if not selected:
-            raise ValueError(f"{who}: config_list[{i}] matches no module of {type(model).__name__}")
-        for setting in [config, *config.get("target_settings", {}).values()]:
-            if "sparse_ratio" in setting:
-                check_sparsity(setting["sparse_ratio"])
-        if not config.get("exclude"):
-            outside = sorted(set(selected) - prunable)
-            if outside:
-                raise ValueError(f"{who}: config_list[{i}] selects {outside[:3]}, which are not prunable matrices "
-                                 "(a ticket covers the attention, FFN and pooler matrices of the body; embeddings, "
-                                 "biases, LayerNorm and task heads are never pruned)")
-            targets = [t for t in config.get("target_names", ["weight"]) if t != "weight"]
-            if targets:
-                raise ValueError(f"{who}: config_list[{i}] targets {targets}; tickets prune weights only")

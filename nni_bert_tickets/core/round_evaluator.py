@@ -10,9 +10,11 @@ counted by calls and a fraction rewind needing ``compress(max_steps=...)``.
 from __future__ import annotations
 
 import abc
+import contextlib
+import warnings
 from typing import Any, Dict, Optional
 
-__all__ = ["RoundEvaluator"]
+__all__ = ["RoundEvaluator", "quiet_step_patch"]
 
 
 class RoundEvaluator(abc.ABC):
@@ -34,3 +36,28 @@ class RoundEvaluator(abc.ABC):
     @abc.abstractmethod
     def set_log_offset(self, steps: int) -> None:
         """Tracker logs of the next round start after ``steps`` (the steps the unit trained before it)."""
+
+    def checkpoint_step(self, max_steps: Optional[int] = None, max_epochs: Optional[float] = None) -> int:
+        """The step a step checkpoint of the next round would resume it after (0: none; the default)."""
+        return 0
+
+    def discard_checkpoint(self) -> None:
+        """Forget any step checkpoint of the next round (it was not trained after all: read back); by default none."""
+
+
+@contextlib.contextmanager
+def quiet_step_patch(evaluator):
+    """NNI's evaluators build the LR scheduler in ``bind_model`` and replace ``optimizer.step`` afterwards
+    (``patch_optimizer_step``, which only adds tasks around the original step), so torch's scheduler reports
+    "`optimizer.step()` has been overridden after learning rate scheduler initialization" at its first step of
+    every round, though the steps run in the right order. A :class:`RoundEvaluator` owns that order (the training
+    loop's builds its scheduler after the patch); for any other NNI evaluator exactly that message is filtered
+    while the round trains. Other warnings, such as a scheduler stepped before the optimizer, still show."""
+    if isinstance(evaluator, RoundEvaluator):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r"Seems like `optimizer\.step\(\)` has been overridden after learning rate "
+                                        r"scheduler initialization")
+        yield

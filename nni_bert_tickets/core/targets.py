@@ -15,11 +15,12 @@ import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from nni.compression.base.config import select_modules_by_config, trans_legacy_config_list
 
 from .architectures import is_pooler, prunable_matrices
 
 __all__ = ["PRUNABLE_PATTERNS", "prunable_modules", "base_prefix", "ticket_key", "bert_config_list", "is_pooler",
-           "check_sparsity"]
+           "check_sparsity", "check_config_list"]
 _log = logging.getLogger(__name__)
 
 # the BERT and DistilBERT module names, usable as ``prunable_modules(model, patterns=PRUNABLE_PATTERNS)``; the
@@ -125,3 +126,30 @@ def _warn_if_pooler_untrained(modules: Dict[str, torch.nn.Linear]) -> None:
             "pruning will remove it first, and past a few rounds the classifier sees a constant. Leave it out "
             "of the pruned set with bert_config_list(..., pooler=False) (prune_pooler: false in a config)",
             pooler_mean, encoder_mean)
+
+
+def check_config_list(model: torch.nn.Module, config_list: List[Dict], who: str) -> None:
+    """Fail before wrapping anything if a config entry selects no module or has a bad sparse_ratio."""
+    if not config_list:
+        raise ValueError(f"{who}: config_list is empty")
+    names = {name for name, _ in model.named_modules()}
+    prunable = set(prunable_modules(model))
+    for i, config in enumerate(trans_legacy_config_list(config_list)):
+        unknown = [n for n in config.get("op_names", []) if n not in names]
+        if unknown:
+            raise ValueError(f"{who}: config_list[{i}] names modules the model does not have: {unknown[:3]}")
+        selected = select_modules_by_config(model, config)[0]
+        if not selected:
+            raise ValueError(f"{who}: config_list[{i}] matches no module of {type(model).__name__}")
+        for setting in [config, *config.get("target_settings", {}).values()]:
+            if "sparse_ratio" in setting:
+                check_sparsity(setting["sparse_ratio"])
+        if not config.get("exclude"):
+            outside = sorted(set(selected) - prunable)
+            if outside:
+                raise ValueError(f"{who}: config_list[{i}] selects {outside[:3]}, which are not prunable matrices "
+                                 "(a ticket covers the attention, FFN and pooler matrices of the body; embeddings, "
+                                 "biases, LayerNorm and task heads are never pruned)")
+            targets = [t for t in config.get("target_names", ["weight"]) if t != "weight"]
+            if targets:
+                raise ValueError(f"{who}: config_list[{i}] targets {targets}; tickets prune weights only")

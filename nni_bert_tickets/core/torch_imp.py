@@ -16,7 +16,7 @@ import torch
 from torch.nn.utils import prune
 
 from . import masks as M
-from .pruners import seed_round
+from .seeding import seed_round
 from .targets import base_prefix, prunable_modules
 from .ticket import Ticket, prunable_weights
 from .torch_prune import global_magnitude_step, masks_from_torch_prune

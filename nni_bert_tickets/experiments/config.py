@@ -26,7 +26,7 @@ from ..training.loop import TrainConfig
 from .tracking import check_trackers
 
 __all__ = ["ExperimentConfig", "parse_args", "load_yaml", "choices_of"]
-NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to")  # where and how, not what
+NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to", "share_dense_round")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
@@ -143,6 +143,8 @@ class ExperimentConfig:
                                      "per round only)")
     keep: str = _setting("all", "what a finished IMP run keeps: all, tickets (no resume state) or final (the last "
                          "ticket and the trajectory)", ("all", "tickets", "final"))
+    share_dense_round: bool = _setting(True, "train IMP's dense round 0 once, with its θi snapshots, for all runs that "
+                                       "differ only in rewind and target_sparsity (<output_root>/dense-<task>-<hash>)")
     log_level: str = _setting("INFO", "logging level (DEBUG, INFO, WARNING, ...)")
     report_to: List[str] = _setting(help="Accelerate trackers to log to, e.g. tensorboard", factory=list)
 
@@ -269,6 +271,8 @@ class ExperimentConfig:
         self.early_stop()  # a bad threshold or patience fails here
         if self.prune_pooler not in (None, True, False):
             raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
+        if not isinstance(self.share_dense_round, bool):
+            raise ValueError(f"share_dense_round must be true or false, got {self.share_dense_round!r}")
         levels = self.levels()
 
         def is_level(s: float) -> bool:

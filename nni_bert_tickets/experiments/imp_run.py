@@ -4,6 +4,12 @@ A run directory ``<output_root>/imp-<task>-<hash>/`` holds ``config.yaml`` (the 
 ``imp/`` (each round's ticket, ``trajectory.json`` and the resume state) and, once finished, ``metrics.json``.
 Once it is finished, ``keep`` bounds what stays in ``imp/``: ``all``; ``tickets`` (every round's ticket and the
 trajectory: what Table 2, Table 3 and the transfer matrix read); ``final`` (the final ticket and the trajectory).
+
+Round 0, the dense fine-tuning, is shared (:class:`~nni_bert_tickets.core.dense_round.DenseRound`) by every run
+whose settings differ only in ``rewind`` and ``target_sparsity``: it lives in ``<output_root>/dense-<task>-<hash>/``
+(:func:`dense_round_dir`) with the θi snapshots that Table 3's ``rewind_points`` ask for, and is trained by the first
+run that needs it (or needs a snapshot it lacks).
+Under early stopping round 0 may stop at a step that depends on the schedule, so it is not shared then.
 """
 from __future__ import annotations
 
@@ -23,16 +29,18 @@ from accelerate.utils import set_seed
 from . import tracking
 
 from .config import ExperimentConfig, choices_of
+from ..core.dense_round import DenseRound
 from ..core.locks import unit_lock
+from ..core.naming import unit_name
 from ..tasks import get_task
-from ..core.files import atomic_write_text
+from ..core.files import atomic_write_text, remove_stale_temporaries
 from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
 from ..core.pruners import IMPPruner
 from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
 
-__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run"]
+__all__ = ["run_imp", "prepare", "format_trajectory", "tidy_finished", "imp_run_dir", "longer_run", "dense_round_dir"]
 _log = logging.getLogger(__name__)
 _KEEP = choices_of("keep")
 
@@ -118,12 +126,14 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
     early.close()
     try:
         if accelerator.is_main_process:
+            for folder in (run_dir, run_dir / "imp"):  # left by a run killed mid-write (SIGKILL); we hold the lock
+                remove_stale_temporaries(folder)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         pruner = IMPPruner(model, config_list, tuner.evaluator(model),
                            schedule=config.schedule, step=config.step, rewind=config.rewind, head=config.head,
                            seed=config.seed, task=config.task, output_dir=str(run_dir / "imp"),
                            on_round=_tracked(accelerator, on_round), early_stop=config.early_stop(),
-                           pattern=config.pattern,
+                           pattern=config.pattern, dense_round=_dense_round(config, accelerator),
                            ticket_meta={"theta0": tuner.theta0} if tuner.theta0 else None)
         with tracking.unit_run(accelerator, run_dir.name):
             pruner.compress()
@@ -139,6 +149,25 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def dense_round_dir(config: ExperimentConfig) -> Optional[Path]:
+    """Where ``config``'s IMP round 0 is shared: ``<output_root>/dense-<task>-<hash>``, the hash of exactly what the
+    round depends on (the run's settings less ``rewind`` and ``target_sparsity``, which act only after it); None
+    under early stopping, where round 0 may stop at a step that depends on the schedule and is not shared, and with
+    ``share_dense_round: false``."""
+    if config.early_stop_every or not config.share_dense_round:
+        return None
+    settings = {k: v for k, v in config.hashed().items() if k not in ("rewind", "target_sparsity")}
+    return Path(config.output_root) / unit_name(f"dense-{config.task}", settings)
+
+
+def _dense_round(config: ExperimentConfig, accelerator: Accelerator) -> Optional[DenseRound]:
+    """The shared round 0, asked for the run's own θi snapshot and, in Table 3 (``experiment: table3``), for those
+    of its ``rewind_points`` too (other experiments never read them, and each is a full copy of the parameters)."""
+    folder = dense_round_dir(config)
+    points = [p for p in config.rewind_points if p] if config.experiment == "table3" else []
+    return None if folder is None else DenseRound(folder, points, accelerator)
 
 
 def imp_run_dir(config: ExperimentConfig) -> Path:

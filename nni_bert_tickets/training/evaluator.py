@@ -6,6 +6,7 @@ from typing import Any, Callable, Dict, List, Optional
 from nni.compression import TorchEvaluator
 
 from ..core.round_evaluator import RoundEvaluator
+from .checkpoints import clear_checkpoint, read_progress
 
 __all__ = ["FineTunerEvaluator", "nni_evaluator"]
 
@@ -32,6 +33,13 @@ class FineTunerEvaluator(TorchEvaluator, RoundEvaluator):
 
     def set_log_offset(self, steps: int) -> None:
         self.tuner.log_offset = steps
+
+    def checkpoint_step(self, max_steps: Optional[int] = None, max_epochs: Optional[float] = None) -> int:
+        progress = read_progress(self.tuner.checkpoint_dir, self.num_training_steps(max_steps, max_epochs))
+        return 0 if progress is None else int(progress["step"])
+
+    def discard_checkpoint(self) -> None:
+        clear_checkpoint(self.tuner.accelerator, self.tuner.checkpoint_dir)
 
     def patch_optimizer_step(self, before_step_tasks: List[Callable], after_step_tasks: List[Callable]) -> None:
         super().patch_optimizer_step(before_step_tasks, after_step_tasks)
