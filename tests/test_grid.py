@@ -37,6 +37,19 @@ def test_grid_cells_are_the_cached_full_model_units(tmp_path, minilm_path, glue_
     assert "| 0.0001 | 1 | +0.00 | +0.00 | no |" in section  # the current setting against itself
 
 
+def test_single_runs_decide_nothing():
+    # one seed per cell: no std, so however large the gains, no setting is called better
+    a = _result("a", 2.0, [(2.0, 0.50, None), (4.0, 0.60, None)])
+    b = _result("b", 2.0, [(2.0, 0.80, None), (4.0, 0.90, None)])
+    verdict = grid_verdict([a, b])
+    assert not verdict["decidable"] and verdict["best"] is None and not verdict["change"]
+    four = next(s for s in verdict["settings"] if s["epochs"] == 4.0)
+    assert four["gain"] == pytest.approx({"a": 0.10, "b": 0.10}) and not four["clearly_better"]
+    from nni_bert_tickets.experiments.report import dense_grid_markdown
+    text = dense_grid_markdown([{**a, "task": "rte"}, {**b, "task": "mrpc"}])
+    assert "| 0.0001 | 4 | +10.0 | +10.0 | – | no |" in text and "No verdict" in text
+
+
 def test_grid_refuses_bad_settings(tmp_path, minilm_path, glue_dir):
     with pytest.raises(ValueError, match="grid must contain the config's own setting"):
         _config(tmp_path, minilm_path, glue_dir, grid_epochs=[2, 4])
@@ -48,7 +61,8 @@ def test_grid_refuses_bad_settings(tmp_path, minilm_path, glue_dir):
 
 def _result(task, current, cells):
     return {"task": task, "current": {"learning_rate": 1e-4, "epochs": current},
-            "cells": [{"learning_rate": 1e-4, "epochs": e, "mean": m, "std": s} for e, m, s in cells]}
+            "cells": [{"learning_rate": 1e-4, "epochs": e, "mean": m, "std": s, "runs": [m], "n": 1 if s is None else 2}
+                      for e, m, s in cells]}
 
 
 def test_grid_verdict_needs_every_task_to_gain_or_hold():

@@ -44,10 +44,12 @@ def dense_grid(config: ExperimentConfig, accelerator: Optional[Accelerator] = No
 
 def grid_verdict(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Which setting is best across tasks: for each (learning rate, epochs), its mean over seeds minus the task's
-    current setting, in units of that task's pooled sample std over the grid (so a task with a noisy metric does not
-    dominate), averaged over the tasks. A setting is *clearly better* when its average gain is positive and every
-    task's own gain is at least −1 std (no task pays for the others)."""
-    table: Dict[tuple, Dict[str, float]] = {}
+    current setting (``gain``), and that gain in units of the task's mean sample std over its cells (``gain_in_std``,
+    so a task with a noisy metric does not dominate), averaged over the tasks. A setting is *clearly better* when its
+    average gain is positive and every task's own gain is at least −1 std (no task pays for the others). A task whose
+    cells are single runs has no std: then nothing is decided (``decidable`` false, no ``best``)."""
+    table: Dict[tuple, Dict[str, Dict[str, Optional[float]]]] = {}
+    decidable = True
     for result in results:
         cells = result["cells"]
         current = next((c for c in cells if (c["learning_rate"], c["epochs"]) ==
@@ -55,14 +57,22 @@ def grid_verdict(results: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
         if current is None:
             raise ValueError(f"the grid of {result['task']} has no cell at its current setting {result['current']}")
         stds = [c["std"] for c in cells if c["std"] is not None]
-        scale = statistics.fmean(stds) if stds else 1.0
+        scale = statistics.fmean(stds) if stds else None
+        decidable = decidable and scale is not None and scale > 0
         for c in cells:
-            table.setdefault((c["learning_rate"], c["epochs"]), {})[result["task"]] = (c["mean"] - current["mean"]) / scale
+            gain = c["mean"] - current["mean"]
+            table.setdefault((c["learning_rate"], c["epochs"]), {})[result["task"]] = {
+                "gain": gain, "gain_in_std": gain / scale if scale else None}
     settings = []
-    for (lr, epochs), gains in sorted(table.items()):
-        average = statistics.fmean(gains.values())
-        settings.append({"learning_rate": lr, "epochs": epochs, "gain_in_std": gains, "average_gain_in_std": average,
-                         "clearly_better": len(gains) == len(results) and average > 0 and min(gains.values()) >= -1})
-    best = max(settings, key=lambda s: s["average_gain_in_std"])
-    return {"settings": settings, "best": {k: best[k] for k in ("learning_rate", "epochs")},
-            "change": bool(best["clearly_better"]), "tasks": [r["task"] for r in results]}
+    for (lr, epochs), per_task in sorted(table.items()):
+        in_std = {t: g["gain_in_std"] for t, g in per_task.items()}
+        complete = decidable and len(per_task) == len(results)
+        average = statistics.fmean(in_std.values()) if complete else None
+        settings.append({"learning_rate": lr, "epochs": epochs, "gain": {t: g["gain"] for t, g in per_task.items()},
+                         "gain_in_std": in_std, "average_gain_in_std": average,
+                         "clearly_better": bool(complete and average > 0 and min(in_std.values()) >= -1)})
+    ranked = [s for s in settings if s["average_gain_in_std"] is not None]
+    best = max(ranked, key=lambda s: s["average_gain_in_std"]) if ranked else None
+    return {"settings": settings, "decidable": decidable, "tasks": [r["task"] for r in results],
+            "best": None if best is None else {k: best[k] for k in ("learning_rate", "epochs")},
+            "change": bool(best and best["clearly_better"])}

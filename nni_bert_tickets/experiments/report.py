@@ -144,17 +144,27 @@ def dense_grid_markdown(results: List[Dict[str, Any]]) -> str:
             out.append(f"| {c['learning_rate']:g} | {c['epochs']:g} | {_fmt(c['mean'], scale)} ± {std} ({c['n']}) | "
                        + ", ".join(_fmt(x, scale) for x in c["runs"]) + " |")
     verdict = grid_verdict(results)
-    out += ["", "Across tasks (each cell's mean minus the current setting's, in units of the task's mean std over "
-            "its cells):", "", "| learning rate | epochs | " + " | ".join(verdict["tasks"]) + " | average | clearly better |",
+    scale = {r["task"]: _scale(r["task"]) for r in results}
+    unit = "std" if verdict["decidable"] else "points"
+    out += ["", "Across tasks: each cell's mean minus the current setting's, "
+            + ("in units of the task's mean std over its cells:" if verdict["decidable"] else
+               "in points (single runs: no std yet, so no verdict):"), "",
+            "| learning rate | epochs | " + " | ".join(verdict["tasks"]) + " | average | clearly better |",
             "|---:|---:|" + "---:|" * (len(verdict["tasks"]) + 1) + "---|"]
     for row in verdict["settings"]:
-        out.append(f"| {row['learning_rate']:g} | {row['epochs']:g} | " + " | ".join(
-            f"{row['gain_in_std'][t]:+.2f}" if t in row["gain_in_std"] else "–" for t in verdict["tasks"])
-            + f" | {row['average_gain_in_std']:+.2f} | {'yes' if row['clearly_better'] else 'no'} |")
+        cells = [("–" if t not in row["gain"] else f"{row['gain_in_std'][t]:+.2f}" if unit == "std"
+                  else f"{scale[t] * row['gain'][t]:+.1f}") for t in verdict["tasks"]]
+        average = "–" if row["average_gain_in_std"] is None else f"{row['average_gain_in_std']:+.2f}"
+        out.append(f"| {row['learning_rate']:g} | {row['epochs']:g} | " + " | ".join(cells)
+                   + f" | {average} | {'yes' if row['clearly_better'] else 'no'} |")
     best = verdict["best"]
-    out += ["", f"Best on average: lr {best['learning_rate']:g}, {best['epochs']:g} epochs; "
-            + ("clearly better than the current setting on every task: use it for every task."
-               if verdict["change"] else "not clearly better on every task: the setting stays.")]
+    if best is None:
+        out += ["", "No verdict: a task's cells are single runs (n = 1), which give no std to judge these gains by. "
+                "Run more seeds (`seeds`) before choosing a setting."]
+    else:
+        out += ["", f"Best on average: lr {best['learning_rate']:g}, {best['epochs']:g} epochs; "
+                + ("clearly better than the current setting on every task: use it for every task."
+                   if verdict["change"] else "not clearly better on every task: the setting stays.")]
     return "\n".join(out)
 
 
