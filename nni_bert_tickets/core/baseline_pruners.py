@@ -54,8 +54,9 @@ class _GivenMaskPruner(_TicketPruner):
         super().__init__(model, config_list, evaluator, existed_wrappers)
         self.seed, self._drawn = seed, False
 
-    def _draw_weights(self, model: torch.nn.Module) -> None:
-        raise NotImplementedError
+    def _draw_weights(self, model: torch.nn.Module) -> None:  # abstract: each baseline draws its own weights
+        raise NotImplementedError(f"{type(self).__name__} must say how it draws its starting weights "
+                                  "(ReinitPruner re-initialises, ShuffledPruner shuffles)")
 
     def ticket(self, **meta: Any) -> Ticket:
         """The mask on these weights as a :class:`Ticket` (fingerprinted on them), named after the baseline."""
