@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from ..core.early_stop import EarlyStop
+from .verdicts import PROBE_ORDERS
 from ..core.masks import parse_nm, sparsity_schedule
 from ..core.naming import unit_name  # noqa: F401 (re-exported: experiments name units through config)
 from ..core.rewind import Rewind
@@ -32,7 +33,7 @@ NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
                      "rewind_points",
                      "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides",
-                     "grid_learning_rates", "grid_epochs", "verdict_seeds")
+                     "grid_learning_rates", "grid_epochs", "verdict_seeds", "verdict_levels")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
                    "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
@@ -113,6 +114,9 @@ class ExperimentConfig:
     seeds: int = _setting(3, "full-model fine-tunings (mean ± sample std) for the verdicts; at least 2 for a verdict")
     verdict_seeds: int = _setting(1, "Table 2: trainings of each decisive level's subnetwork and of the baselines at "
                                   "the highest matching level (1: the paper's single run)")
+    verdict_levels: str = _setting("all", "Table 2: which IMP levels are trained for a verdict where the run gives none "
+                                   "(early-stopped search, or a fresh head): all, top_down from the highest level "
+                                   "(exact), or bisect (assumes matching levels form a down-set)", PROBE_ORDERS)
     baselines: List[str] = _setting(help="Table 2 baselines to run", factory=lambda: ["random_pruning", "random_reinit", "shuffled"],
                                     choices=BASELINE_NAMES)
     baseline_sparsities: Optional[List[float]] = _setting(None, "IMP levels to run the baselines at (unset: every "

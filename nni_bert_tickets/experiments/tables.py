@@ -28,7 +28,7 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
-from .verdicts import (highest, lead_interval, matching, settle, stats, strictly_matching,
+from .verdicts import (highest, lead_interval, matching, probe, stats, strictly_matching,
                        transfer_verdicts)
 
 __all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
@@ -187,26 +187,30 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     own trajectory, whose head was carried across rounds (the reference code), is shown beside it, labelled.
     With ``verdict_seeds`` k > 1 the decisive levels (the highest matching level and the one above it, under both
     criteria) get k trainings of their IMP mask from θ0 (the IMP run's own round is the first), repeated until the
-    answer stops moving; the baselines get k seeds at the highest matching level.
+    answer stops moving; the baselines get k seeds at the highest matching level. Levels whose round gives no
+    verdict (an early-stopped search round, or any round with a fresh head) are trained where ``verdict_levels``
+    needs them (:func:`~.verdicts.probe`: all, top_down or bisect); the others are listed as ``untrained_levels``
+    and have no row.
     """
     check_model(config, shuffle=config.shuffle_mode if "shuffled" in config.baselines else None)
     full = _full_stats(config, accelerator)
     imp = run_imp(config, accelerator)
     runs, carried = {}, {}
     for record in imp["trajectory"][1:]:
-        level = record["target_sparsity"]
         if config.head == "rewind" and record["metric"] is not None:
-            runs[level] = [record["metric"]]
-        else:  # also a level whose round was an early-stopped search (no verdict of its own): trained in full here
-            runs[level] = [baseline(config, "imp_fresh_head", level, accelerator)["default"]]
-            if config.head != "rewind":
-                carried[level] = record["metric"]
-    k = config.verdict_seeds  # seeds where the verdict is decided, until the decisive levels stop moving
-    settle(runs, full, k, lambda level, i: baseline(config, "imp_fresh_head", level, accelerator,
-                                                    seed=config.seed + i)["default"])
+            runs[record["target_sparsity"]] = [record["metric"]]  # the round itself is f(x; m ⊙ θ0, γ0)
+        elif config.head != "rewind":
+            carried[record["target_sparsity"]] = record["metric"]
+    # the other levels (early-stopped search rounds, or a fresh head) are trained from θ0 where a verdict needs
+    # them (verdict_levels), and the decisive ones get k seeds, until the answers stop moving
+    levels = [record["target_sparsity"] for record in imp["trajectory"][1:]]
+    k = config.verdict_seeds
+    runs = probe(levels, full, k, lambda level, i: baseline(config, "imp_fresh_head", level, accelerator,
+                                                            seed=config.seed + i)["default"],
+                 config.verdict_levels, runs)
     top, strict_top = highest(runs, full), highest(runs, full, strict=True)
     rows = []
-    for level, level_runs in runs.items():
+    for level, level_runs in sorted(runs.items()):
         imp_stats = stats(level_runs)
         rows.append({"sparsity": level, "imp": imp_stats["mean"], "imp_stats": imp_stats,
                      **({"imp_carried_head": carried[level]} if level in carried else {}),
@@ -223,13 +227,15 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
         "imp_trajectory": every_metric(imp["trajectory"]),
-        "baselines": config.baselines, "verdict_seeds": k, "highest_winning_sparsity": top,
+        "baselines": config.baselines, "verdict_seeds": k, "verdict_levels": config.verdict_levels,
+        "untrained_levels": [level for level in levels if level not in runs], "highest_winning_sparsity": top,
         "highest_strictly_matching_sparsity": strict_top,
         "matching_up_to_highest": top is not None and all(r["matching"] for r in rows if r["sparsity"] <= top + 1e-9),
         "lead": _lead(config, rows, top),
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")
-        + ("; masks from early-stopped search rounds, each retrained in full from θ0" if config.early_stop_every else ""),
+        + ("; masks from early-stopped search rounds, retrained in full from θ0" if config.early_stop_every else "")
+        + (f" ({config.verdict_levels} levels)" if config.verdict_levels != "all" else ""),
         "pruned": "encoder matrices, pooler left out" if config.prune_pooler is False else "the paper's set"})
 
 

@@ -13,7 +13,8 @@ import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest", "settle",
-           "lead_interval", "transfer_verdicts"]
+           "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
+PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
 
@@ -73,6 +74,62 @@ def settle(runs: Dict[float, List[float]], full: Mapping[str, Any], k: int,
             return runs
         for level in short:
             runs[level] += [train(level, i) for i in range(len(runs[level]), k)]
+
+
+def probe(levels: Sequence[float], full: Mapping[str, Any], k: int, train: Callable[[float, int], float],
+          order: str = "all", runs: Optional[Dict[float, List[float]]] = None) -> Dict[float, List[float]]:
+    """Train only the levels Table 2's answers need, then :func:`settle` them: the returned runs hold the levels
+    that were trained (``train(level, i)``, at least one run each) and nothing for the others.
+
+    ``all`` trains every level (the paper). ``top_down`` walks from the highest level down, one run each, until a
+    level matches, then on until one strictly matches: the answer is the highest matching level *by its
+    definition*, with no assumption about the trajectory; it saves the levels below the strict answer.
+    ``bisect`` assumes that matching is a down-set (every level below a matching level matches) and halves the
+    interval between the highest level known to match and the lowest known not to, once per criterion: about
+    log2(levels) runs, but where the assumption fails (a dip below the threshold under the answer) it can stop
+    below the true answer. Either way the level above each answer is trained (it closed the search), and settle
+    gives the decisive levels ``k`` runs and follows an answer that moves. ``runs`` may hold runs already made
+    (e.g. rounds whose own metric is a verdict), which are used before any training.
+    """
+    if order not in PROBE_ORDERS:
+        raise ValueError(f"order is one of {PROBE_ORDERS}, got {order!r}")
+    levels = sorted(levels)
+    runs = {level: list(r) for level, r in (runs or {}).items() if r}
+
+    def mean_of(level: float) -> float:
+        if level not in runs:
+            runs[level] = [train(level, 0)]
+        return statistics.fmean(runs[level])
+
+    def search() -> None:
+        if order == "all":
+            for level in levels:
+                mean_of(level)
+        for test in (matching, strictly_matching) if order != "all" else ():
+            if order == "top_down":
+                for level in reversed(levels):
+                    if test(mean_of(level), full):
+                        break
+            else:  # bisect: levels[:lo + 1] are taken to match, levels[hi:] not to
+                lo, hi = -1, len(levels)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if test(mean_of(levels[mid]), full) else (lo, mid)
+
+    while True:  # more seeds can move an answer past the levels trained so far: search again until nothing moves
+        before = {level: len(r) for level, r in runs.items()}
+        search()
+        settle(runs, full, k, train)
+        if {level: len(r) for level, r in runs.items()} == before:
+            return runs
+
+
+def is_down_set(passed: Mapping[float, bool]) -> bool:
+    """Whether the levels that pass are exactly the levels up to the highest one that passes (``bisect``'s
+    assumption about a trajectory)."""
+    levels = sorted(passed)
+    top = max((level for level in levels if passed[level]), default=None)
+    return all(passed[level] == (top is not None and level <= top) for level in levels)
 
 
 def lead_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Dict[str, Any]:
