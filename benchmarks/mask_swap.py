@@ -1,0 +1,148 @@
+"""Why an early-stopped search can lose the ticket (issue 22, item 1): the fully searched mask A against the
+early-stopped mask B of the same IMP run settings, matrix by matrix, and retrained with one layer at a time of B's
+mask swapped into A (and, as a control, the same number of random bits of that layer changed the same way).
+
+Settings are those of ``benchmarks/search_cost.py`` (its runs are reused when they are in ``--output-root``):
+
+    python benchmarks/mask_swap.py --task stsb --json docs/results/mask_swap_stsb.json
+
+Every retraining is f(x; m ⊙ θ0, γ0) trained in full (the IMP run's schedule) with data-order seed
+``--seed + 100``, cached per mask variant, so a killed run resumes.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from nni_bert_tickets.core.ticket import Ticket, prunable_weights
+from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.experiments.imp_run import prepare, run_imp
+from nni_bert_tickets.experiments.tables import cached
+
+from search_cost import ticket  # noqa: E402  (benchmarks/ is the script's folder)
+
+
+def group_of(name: str) -> str:
+    found = re.search(r"layer\.(\d+)\.", name)
+    return f"layer {found.group(1)}" if found else "other"
+
+
+def compare(a: Ticket, b: Ticket, theta0: dict) -> list:
+    """Per matrix: sparsity under A and B, the bits that differ, and the mean |θ0| of the weights only one keeps."""
+    rows = []
+    for name in a.masks:
+        ma, mb, w = a.masks[name], b.masks[name], theta0[name].abs()
+        only_a, only_b = ma & ~mb, mb & ~ma
+        rows.append({"matrix": name, "group": group_of(name), "numel": ma.numel(),
+                     "sparsity_a": 1 - ma.float().mean().item(), "sparsity_b": 1 - mb.float().mean().item(),
+                     "kept_only_by_a": int(only_a.sum()), "kept_only_by_b": int(only_b.sum()),
+                     "mean_abs_theta0_kept_by_both": w[ma & mb].mean().item() if (ma & mb).any() else None,
+                     "mean_abs_theta0_only_a": w[only_a].mean().item() if only_a.any() else None,
+                     "mean_abs_theta0_only_b": w[only_b].mean().item() if only_b.any() else None})
+    return rows
+
+
+def swapped(a: Ticket, b: Ticket, group: str) -> Ticket:
+    return dataclasses.replace(a, masks={k: (b.masks[k] if group_of(k) == group else a.masks[k]) for k in a.masks})
+
+
+def control(a: Ticket, b: Ticket, group: str, seed: int) -> Ticket:
+    """A with, in each of ``group``'s matrices, as many random kept weights pruned and random pruned weights kept
+    as B differs from A there (same per-matrix sparsity as the swap, random positions)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = dict(a.masks)
+    for k in a.masks:
+        if group_of(k) != group:
+            continue
+        ma, mb = a.masks[k].flatten(), b.masks[k].flatten()
+        new = ma.clone()
+        kept, pruned = ma.nonzero().flatten(), (~ma).nonzero().flatten()
+        new[kept[torch.randperm(len(kept), generator=g)[:int((ma & ~mb).sum())]]] = False
+        new[pruned[torch.randperm(len(pruned), generator=g)[:int((mb & ~ma).sum())]]] = True
+        masks[k] = new.view_as(a.masks[k])
+    return dataclasses.replace(a, masks=masks)
+
+
+def retrain(config: ExperimentConfig, variant: str, mask: Ticket, seed: int) -> float:
+    """f(x; m ⊙ θ0, γ0) trained in full with data-order seed ``seed`` (cached per variant)."""
+    settings = {**config.training_settings(), "variant": variant, "seed": seed,
+                "kept": sum(int(m.sum()) for m in mask.masks.values())}
+
+    def compute(run_dir):
+        model, tuner = prepare(config, checkpoint_dir=run_dir / "step-checkpoint")  # θ0, and γ0 from config.seed
+        # a mixed mask no longer matches the fingerprints of the weights A or B kept: θ0 is the fresh model here
+        mask.apply(model, check_weights=variant in ("A", "B"))
+        set_seed(seed)
+        return tuner.fit(model)
+    return cached(Path(config.output_root), f"maskswap-{config.task}", settings, compute)["default"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="stsb")
+    parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
+    parser.add_argument("--data-dir", default="../shared/data/glue")
+    parser.add_argument("--train-samples", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--target", type=float, default=0.5)
+    parser.add_argument("--step", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--check-every", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=0.01)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output-root", default="runs/search_cost")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    base = ExperimentConfig(task=args.task, model=args.model, data_dir=args.data_dir,
+                            max_train_samples=args.train_samples, max_length=args.max_length,
+                            learning_rate=args.learning_rate, epochs=args.epochs, target_sparsity=args.target,
+                            step=args.step, prune_pooler=False, head="rewind", seed=args.seed,
+                            output_root=args.output_root).validate()
+    early = dataclasses.replace(base, early_stop_every=args.check_every, early_stop_threshold=args.threshold,
+                                early_stop_patience=args.patience).validate()
+    plain, stopped = run_imp(base), run_imp(early)
+    a, b = ticket(base, plain["trajectory"][-1]), ticket(early, stopped["trajectory"][-1])
+    model, _ = prepare(base)
+    theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}  # the masks' own names
+    matrices = compare(a, b, theta0)
+    seed = args.seed + 100
+    groups = sorted({group_of(k) for k in a.masks})
+    result = {"task": args.task, "metric": plain["metric"], "sparsity": args.target,
+              "settings": {k: v for k, v in vars(args).items() if k != "json"},
+              "command": "python benchmarks/mask_swap.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("json",)),
+              "note": f"the embedded 6-layer model at {args.train_samples} training examples, one retraining per mask: "
+                      "a single run, not a verdict",
+              "full_search_ticket": retrain(base, "A", a, seed), "early_ticket": retrain(base, "B", b, seed),
+              "full_model_round0": plain["trajectory"][0]["metric"], "swaps": [], "matrices": matrices}
+    for group in groups:
+        differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if r["group"] == group)
+        result["swaps"].append({"group": group, "bits_that_differ": differ,
+                                "b_swapped_into_a": retrain(base, f"swap {group}", swapped(a, b, group), seed),
+                                "random_control": retrain(base, f"control {group}",
+                                                          control(a, b, group, args.seed), seed)})
+        logging.warning("%s: %s", group, result["swaps"][-1])
+    if args.json:
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(args.json)
+    print(f"A (full search) {result['full_search_ticket']:.4f}  B (early) {result['early_ticket']:.4f}")
+    for s in result["swaps"]:
+        print(f"{s['group']:8s} differ {s['bits_that_differ']:7d}  swap {s['b_swapped_into_a']:.4f}  "
+              f"control {s['random_control']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
