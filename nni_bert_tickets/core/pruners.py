@@ -7,7 +7,6 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import defaultdict
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
@@ -141,7 +140,8 @@ class IMPPruner(_TicketPruner):
         Extra :class:`Ticket` fields for every ticket, e.g. ``{"theta0": "..."}`` when θ0 is not the checkpoint.
     early_stop
         An :class:`~.early_stop.EarlyStop`: a round stops once the next mask has settled, unevaluated (``metric``
-        None). The last round always trains fully: every ``metric`` is a fully trained subnetwork's.
+        None). The last round always trains fully: every ``metric`` is a fully trained subnetwork's. Its
+        ``min_fraction`` needs the round's length (``max_steps`` or a :class:`~.round_evaluator.RoundEvaluator`).
     pattern
         ``"N:M"`` (e.g. ``"2:4"``): no round prunes more than M − N of any M consecutive input weights of a row, so
         the run ends on an N:M mask when its target is 1 − N/M (:func:`~.masks.nm_magnitude_masks`). A target
@@ -210,6 +210,8 @@ class IMPPruner(_TicketPruner):
         """Algorithm 1, one sparsity level per round: train the subnetwork f(x; m ⊙ θ, γ), keep it as this level's
         ticket, prune the lowest-magnitude surviving weights globally to the next level, rewind the survivors.
         The run on disk (:mod:`.imp_state`) is saved beside each round, and a rerun resumes after the last one."""
+        if self.early_stop is not None and len(self.levels) > 1:  # before any training: the rule fits the rounds
+            self.early_stop.check_round(self._round_steps(max_steps, max_epochs))
         for level in range(self._resume(), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             self._seed_everything(level)
@@ -252,7 +254,7 @@ class IMPPruner(_TicketPruner):
         evaluator = self.evaluator
         evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
         capture = level == 0 and self.rewind_point.to_theta_i and self._rewind_state is None
-        watch = self._watch(level)
+        watch = self._watch(level, self._round_steps(max_steps, max_epochs))
         own = [self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []
         after_step = own + [watch, *tasks]
         evaluator.patch_optimizer_step([], after_step)
@@ -270,12 +272,12 @@ class IMPPruner(_TicketPruner):
         """Which step just finished, where the evaluator can tell (else the after-step tasks count their calls)."""
         return self.evaluator.current_step if isinstance(self.evaluator, RoundEvaluator) else None
 
-    def _watch(self, level: int) -> RoundWatch:  # counts steps; with early_stop, stops all rounds but the last
+    def _watch(self, level: int, total: Optional[int]) -> RoundWatch:  # with early_stop, stops rounds but the last
         current_step = self._current_step()
         if self.early_stop is None or level + 1 >= len(self.levels):  # the last round trains its ticket fully
             return RoundWatch(current_step=current_step)
         return RoundWatch(self.early_stop, lambda: self._masks_by_pool(self._magnitude, self.levels[level + 1]),
-                          self._masks_by_pool(lambda w, s, m: m), current_step,
+                          self._masks_by_pool(lambda w, s, m: m), current_step, total_steps=total,
                           may_stop=lambda: not self.rewind_point.to_theta_i or self._rewind_state is not None)  # θi first
 
     def _shared_dense_round(self, max_steps, max_epochs):
@@ -303,10 +305,13 @@ class IMPPruner(_TicketPruner):
     # ---- rewinding -----------------------------------------------------------------------------------------
     def _rewind_step(self, max_steps, max_epochs, point: Optional[Rewind] = None) -> int:
         """The step of round 0 whose weights are ``point`` (this run's rewind point if None)."""
-        total = max_steps
-        if total is None and isinstance(self.evaluator, RoundEvaluator):
-            total = self.evaluator.num_training_steps(max_steps, max_epochs)
-        return (point or self.rewind_point).step(total)
+        return (point or self.rewind_point).step(self._round_steps(max_steps, max_epochs))
+
+    def _round_steps(self, max_steps, max_epochs) -> Optional[int]:
+        """A round's length in optimizer steps, where known (``max_steps``, or the evaluator can tell)."""
+        if max_steps is None and isinstance(self.evaluator, RoundEvaluator):
+            return self.evaluator.num_training_steps(max_steps, max_epochs)
+        return max_steps
 
     def _snapshot_at(self, step: int) -> Callable[[], None]:
         """An after-optimizer-step task that keeps θ_step. It asks the evaluator which step just finished when
@@ -363,7 +368,7 @@ class IMPPruner(_TicketPruner):
                 "head": self.head, "seed": self.seed, "task": self.task, "pruned": self._covered,
                 **({"pattern": self.pattern} if self.pattern else {}),
                 "base_weights": self._base, "base_body": self._body,
-                "early_stop": self.early_stop and dataclasses.asdict(self.early_stop)}
+                "early_stop": self.early_stop and self.early_stop.settings()}
 
     def _state_tensors(self, final: bool):
         return state_tensors(self.bound_model, self._target_spaces, rewind=self.rewind_point,

@@ -84,9 +84,13 @@ class ExperimentConfig:
     # early-stopped search rounds (early-bird tickets)
     early_stop_every: int = _setting(0, "every N steps compute the next mask and stop a search round once it settles "
                                      "(0: rounds train fully, the paper)")
-    early_stop_threshold: float = _setting(0.01, "a round stops when the next mask moved less than this (normalised "
-                                           "Hamming distance over the weights a step prunes) ...")
+    early_stop_threshold: float = _setting(0.01, "a round stops when the next mask moved less than this since each "
+                                           "of the last early_stop_window checks (normalised Hamming distance over "
+                                           "the weights a step prunes) ...")
     early_stop_patience: int = _setting(3, "... at this many checks in a row")
+    early_stop_window: int = _setting(1, "compare each check's mask with the masks of this many checks before it "
+                                      "(the largest distance counts; 1: the previous check; Early-Bird: 5)")
+    early_stop_min_fraction: float = _setting(0.0, "never stop a round before this fraction of its steps, in [0, 1)")
     # training (the paper's defaults, from TrainConfig)
     learning_rate: float = _setting(_TRAIN.learning_rate, "AdamW learning rate (linear decay to 0)")
     batch_size: int = _setting(_TRAIN.batch_size, "training batch size per process")
@@ -203,7 +207,8 @@ class ExperimentConfig:
         """The IMP run's :class:`~.early_stop.EarlyStop`, or None (``early_stop_every: 0``)."""
         if not self.early_stop_every:
             return None
-        return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience)
+        return EarlyStop(self.early_stop_every, self.early_stop_threshold, self.early_stop_patience,
+                         self.early_stop_window, self.early_stop_min_fraction)
 
     def for_task(self, task: str) -> "ExperimentConfig":
         """These settings for ``task`` (a transfer target or a task-named source): ``mlm`` reads ``mlm_data_dir``,
@@ -269,10 +274,15 @@ class ExperimentConfig:
                 or self.early_stop_every < 0:
             raise ValueError(f"early_stop_every is a number of steps (0: no early stopping), got "
                              f"{self.early_stop_every!r}; e.g. early_stop_every: 10")
-        if not self.early_stop_every and (self.early_stop_threshold, self.early_stop_patience) != (0.01, 3):
-            raise ValueError("early_stop_threshold / early_stop_patience are set but early stopping is off; "
-                             "set early_stop_every (e.g. 10) or leave them out")
-        self.early_stop()  # a bad threshold or patience fails here
+        rule = [f.name for f in fields(self) if f.name.startswith("early_stop_") and f.name != "early_stop_every"
+                and getattr(self, f.name) != f.default]
+        if not self.early_stop_every and rule:
+            raise ValueError(f"{', '.join(rule)} set but early stopping is off; set early_stop_every (e.g. 10) or "
+                             "leave them out")
+        try:  # a bad threshold, patience, window or min_fraction, named as its setting
+            self.early_stop()
+        except ValueError as err:
+            raise ValueError(str(err).replace("EarlyStop.", "early_stop_")) from None
         if self.prune_pooler not in (None, True, False):
             raise ValueError(f"prune_pooler must be true, false or null, got {self.prune_pooler!r}")
         if not isinstance(self.share_dense_round, bool):
