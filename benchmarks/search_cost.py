@@ -76,7 +76,8 @@ def one_task(task: str, args) -> dict:
                             target_sparsity=args.target, step=args.step, prune_pooler=False, head="rewind",
                             seed=args.seed, output_root=args.output_root).validate()
     early = dataclasses.replace(base, early_stop_every=args.check_every, early_stop_threshold=args.threshold,
-                                early_stop_patience=args.patience).validate()
+                                early_stop_patience=args.patience, early_stop_window=args.window,
+                                early_stop_min_fraction=args.min_fraction).validate()
     plain = run_imp(base)
     stopped = run_imp(early)
     fulls = [plain["trajectory"][0]["metric"]] + [full_model(base, args.seed + i)["default"] for i in range(1, args.seeds)]
@@ -123,6 +124,8 @@ def main():
     parser.add_argument("--check-every", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--window", type=int, default=1, help="Early-Bird window: largest distance to the last W masks")
+    parser.add_argument("--min-fraction", type=float, default=0.0, help="no round stops before this fraction of it")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
     parser.add_argument("--output-root", default="runs/search_cost")
     parser.add_argument("--json", help="write the results here")
