@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from nni_bert_tickets.experiments.config import ExperimentConfig, parse_args
+from nni_bert_tickets.experiments.cli import parse_args
+from nni_bert_tickets.experiments.config import ExperimentConfig
 
 
 @pytest.mark.parametrize("settings, message", [

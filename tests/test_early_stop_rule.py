@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import IMPPruner, bert_config_list
 from nni_bert_tickets.core.early_stop import EarlyStop, RoundWatch, StopTraining, mask_distance
-from nni_bert_tickets.experiments.config import ExperimentConfig, parse_args
+from nni_bert_tickets.experiments.cli import parse_args
+from nni_bert_tickets.experiments.config import ExperimentConfig
 
 N, K = 100, 20  # weights, and how many of them a proposed mask prunes
 CURRENT = {"m": {"weight": torch.ones(N)}}

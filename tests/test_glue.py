@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml, parse_args
+from nni_bert_tickets.experiments.cli import parse_args
+from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.tasks import DataError, get_task
 from nni_bert_tickets.tasks.data import LengthGroupedBatchSampler
 from nni_bert_tickets.tasks.glue import TASKS, GlueTask, compute_metrics, load_glue, tokenize_glue

@@ -8,7 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import IMPPruner, bert_config_list
-from nni_bert_tickets.experiments.config import ExperimentConfig, parse_args
+from nni_bert_tickets.experiments.cli import parse_args
+from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.core.early_stop import EarlyStop, RoundWatch, StopTraining, mask_distance
 from nni_bert_tickets.experiments.imp_run import run_imp
 from nni_bert_tickets.experiments.tables import full_model

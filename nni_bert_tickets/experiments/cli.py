@@ -1,17 +1,61 @@
 """The command-line driver behind ``examples/glue.py``, ``examples/squad.py`` and ``examples/mlm.py``."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
+import typing
+from dataclasses import fields
 from typing import Optional, Sequence
 
+import yaml
+
+from ..core.rewind import Rewind
 from . import nni_trial, tracking
-from .config import parse_args
+from .config import ExperimentConfig, element_of, kind_of, load_yaml
 from .grid import dense_grid
 from .imp_run import format_trajectory, imp_run_dir, run_imp
 from .tables import EXPERIMENTS, save_imp
 
-__all__ = ["main"]
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
+               default_task: Optional[str] = None) -> ExperimentConfig:
+    """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate.
+    ``default_task`` replaces the ``task`` default (``examples/squad.py`` defaults to ``squad``)."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of settings (flags given here override it)")
+    for f in fields(ExperimentConfig):
+        kind = kind_of(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, list) else "{}" if default == {} else default
+        text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")  # the help says what unset is
+        if choices and element_of(hints[f.name]) is not None:
+            text += f"; any of: {', '.join(choices)}"
+        text = text.replace("%", "%%")
+        if element_of(hints[f.name]) is not None:
+            parser.add_argument(flag, nargs="+", type=element_of(hints[f.name]), default=None, help=text,
+                                metavar="NAME" if choices else None)
+        elif kind is bool:
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, help=text,
+                                metavar="{true,false}")
+        elif kind is dict or typing.get_origin(kind) is dict:
+            parser.add_argument(flag, type=yaml.safe_load, default=None, help=text, metavar="YAML")
+        elif f.name == "rewind":
+            parser.add_argument(flag, type=Rewind.from_text, default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=text, choices=choices)
+    args = vars(parser.parse_args(argv))
+    values = {"task": default_task} if default_task else {}
+    values.update(load_yaml(args.pop("config")) if args.get("config") else {})
+    args.pop("config", None)
+    values.update({k: v for k, v in args.items() if v is not None or k == "rewind"})
+    return ExperimentConfig(**values).validate()
 
 
 def main(argv: Optional[Sequence[str]] = None, description: str = "", default_task: Optional[str] = None):

@@ -6,7 +6,6 @@ Precedence: defaults < ``--config FILE`` < explicit flags.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import typing
@@ -16,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from ..core.early_stop import EarlyStop
-from .verdicts import PROBE_ORDERS
 from ..core.masks import parse_nm, sparsity_schedule
 from ..core.naming import unit_name  # noqa: F401 (re-exported: experiments name units through config)
 from ..core.rewind import Rewind
@@ -25,8 +23,9 @@ from ..core.ticket import Ticket
 from ..tasks import get_task, task_names
 from ..training.loop import TrainConfig
 from .tracking import check_trackers
+from .verdicts import PROBE_ORDERS
 
-__all__ = ["ExperimentConfig", "parse_args", "load_yaml", "choices_of"]
+__all__ = ["ExperimentConfig", "load_yaml", "choices_of", "kind_of", "element_of"]
 NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to", "share_dense_round")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
@@ -162,9 +161,9 @@ class ExperimentConfig:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # 2 and 2.0 are the same setting, and hash the same
             value = getattr(self, f.name)
-            if _element(hints[f.name]) is float and value is not None:
+            if element_of(hints[f.name]) is float and value is not None:
                 setattr(self, f.name, [float(v) for v in value])
-            elif _kind(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
+            elif kind_of(hints[f.name]) is float and isinstance(value, int) and not isinstance(value, bool) \
                     and f.name != "rewind":
                 setattr(self, f.name, float(value))
         if isinstance(self.rewind, (int, float)) and not isinstance(self.rewind, bool):
@@ -376,16 +375,16 @@ def _check_transfer_source(source: str, sparsity: float) -> None:
         get_task(source)
 
 
-def _kind(tp) -> type:
+def kind_of(tp) -> type:
     """``Optional[X]`` -> X; anything else unchanged."""
     if typing.get_origin(tp) is typing.Union:
         return [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp
 
 
-def _element(tp):
+def element_of(tp):
     """The element type of ``List[X]`` / ``Optional[List[X]]``, else None."""
-    kind = _kind(tp)
+    kind = kind_of(tp)
     return typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
 
 
@@ -399,40 +398,3 @@ def load_yaml(path: str) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return values
-
-
-def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
-               default_task: Optional[str] = None) -> ExperimentConfig:
-    """Build the CLI from the dataclass, apply ``--config`` then explicit flags, and validate.
-    ``default_task`` replaces the ``task`` default (``examples/squad.py`` defaults to ``squad``)."""
-    hints = typing.get_type_hints(ExperimentConfig)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file of settings (flags given here override it)")
-    for f in fields(ExperimentConfig):
-        kind = _kind(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
-        shown = (" ".join(map(str, default)) or "none") if isinstance(default, list) else "{}" if default == {} else default
-        text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")  # the help says what unset is
-        if choices and _element(hints[f.name]) is not None:
-            text += f"; any of: {', '.join(choices)}"
-        text = text.replace("%", "%%")
-        if _element(hints[f.name]) is not None:
-            parser.add_argument(flag, nargs="+", type=_element(hints[f.name]), default=None, help=text,
-                                metavar="NAME" if choices else None)
-        elif kind is bool:
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, help=text,
-                                metavar="{true,false}")
-        elif kind is dict or typing.get_origin(kind) is dict:
-            parser.add_argument(flag, type=yaml.safe_load, default=None, help=text, metavar="YAML")
-        elif f.name == "rewind":
-            parser.add_argument(flag, type=Rewind.from_text, default=argparse.SUPPRESS, help=text)
-        else:
-            parser.add_argument(flag, type=kind, default=None, help=text, choices=choices)
-    args = vars(parser.parse_args(argv))
-    values = {"task": default_task} if default_task else {}
-    values.update(load_yaml(args.pop("config")) if args.get("config") else {})
-    args.pop("config", None)
-    values.update({k: v for k, v in args.items() if v is not None or k == "rewind"})
-    return ExperimentConfig(**values).validate()
