@@ -17,6 +17,7 @@ from .config import ExperimentConfig, element_of, kind_of, load_yaml
 from .grid import dense_grid
 from .imp_run import format_trajectory, imp_run_dir, run_imp
 from .tables import EXPERIMENTS, save_imp
+from .train_ticket import train_ticket
 
 __all__ = ["main", "parse_args"]
 
@@ -77,6 +78,13 @@ def main(argv: Optional[Sequence[str]] = None, description: str = "", default_ta
         if accelerator.is_main_process and not trial:  # NNI trials share output_root: NNI keeps their results
             save_imp(config, results)
         summary = f"IMP tickets for {config.task} ({results['run']}):\n{format_trajectory(results)}"
+    elif config.experiment == "ticket":
+        results = train_ticket(config, accelerator)
+        runs, card = results["runs"], results["card"]
+        summary = (f"{config.ticket} ({results['sparsity']:.1%} sparse) trained on {config.task}: {results['metric']} "
+                   f"{runs['mean']:.4f}" + (f" ± {runs['std']:.4f}" if runs["std"] is not None else "")
+                   + f" over {runs['n']} seed(s)"
+                   + (f"; its card says {card['value']}" if card.get("value") is not None else ""))
     else:
         results = {**EXPERIMENTS, "dense_grid": dense_grid}[config.experiment](config, accelerator)
         summary = (f"{config.experiment} done: {config.output_root}/tables/ "

@@ -32,7 +32,7 @@ NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
                      "rewind_points",
                      "transfer_tasks", "transfer_sources", "transfer_sparsity", "mlm_data_dir", "task_overrides",
-                     "grid_learning_rates", "grid_epochs", "verdict_seeds", "verdict_levels")
+                     "grid_learning_rates", "grid_epochs", "verdict_seeds", "verdict_levels", "ticket")
 TRAINING_FIELDS = ("task", "model", "data_dir", "max_train_samples", "max_eval_samples", "learning_rate",
                    "batch_size", "epochs", "max_steps", "weight_decay", "max_grad_norm", "warmup_ratio",
                    "eval_batch_size", "max_length", "padding", "group_by_length", "doc_stride", "mlm_probability",
@@ -112,8 +112,11 @@ class ExperimentConfig:
                                                    "and the rest evaluate (unset: the train split trains)")
     seed: int = _setting(42, "seed of the run (each IMP round and each fine-tuning is seeded from it)")
     # which experiment (examples/glue.py)
-    experiment: str = _setting("imp", "what runs: one IMP run, Table 2, Table 3, the transfer matrix (Figure 3) or "
-                               "the dense grid", ("imp", "table2", "table3", "transfer", "dense_grid"))
+    experiment: str = _setting("imp", "what runs: one IMP run, Table 2, Table 3, the transfer matrix (Figure 3), "
+                               "the dense grid, or training a given ticket",
+                               ("imp", "table2", "table3", "transfer", "dense_grid", "ticket"))
+    ticket: Optional[str] = _setting(None, "experiment ticket: the ticket folder, file or Hub repo id to fine-tune "
+                                     "from θ0 (seeds times)")
     seeds: int = _setting(3, "full-model fine-tunings (mean ± sample std) for the verdicts; at least 2 for a verdict")
     verdict_seeds: int = _setting(1, "Table 2: trainings of each decisive level's subnetwork and of the baselines at "
                                   "the highest matching level (1: the paper's single run)")
@@ -317,6 +320,10 @@ class ExperimentConfig:
         if bad or not self.grid_learning_rates or not self.grid_epochs:
             raise ValueError(f"grid_learning_rates and grid_epochs are non-empty lists of positive numbers, got "
                              f"{self.grid_learning_rates!r} and {self.grid_epochs!r}; e.g. grid_epochs: [2, 4, 6]")
+        if (self.experiment == "ticket") != (self.ticket is not None):
+            raise ValueError("experiment: ticket trains the ticket that `ticket` names, and `ticket` is read by it "
+                             f"alone (experiment {self.experiment!r}, ticket {self.ticket!r}); e.g. --experiment "
+                             "ticket --ticket tickets/all-MiniLM-L6-v2/mrpc-60")
         if self.experiment == "dense_grid" and not any(
                 (lr, ep) == (self.learning_rate, self.epochs) for lr in self.grid_learning_rates for ep in self.grid_epochs):
             raise ValueError(f"the dense grid must contain the config's own setting (learning_rate {self.learning_rate:g}, "

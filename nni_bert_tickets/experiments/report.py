@@ -323,6 +323,20 @@ def transfer_plot(result: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def tickets_markdown(results: List[Dict[str, Any]]) -> str:
+    """Given tickets trained on their tasks (``experiment: ticket``), beside what their cards say."""
+    out = ["## Tickets trained from θ0", "", "Each ticket's subnetwork f(x; m ⊙ θ0, γ0) fine-tuned from the start: "
+           "mean ± sample std (n trainings), beside the value its model card reports. " + POINTS, "",
+           "| ticket | task | sparsity | metric | trained here | its card |", "|---|---|---:|---|---:|---:|"]
+    for r in results:
+        k, runs = _scale(r["task"]), r["runs"]
+        here = f"{_fmt(runs['mean'], k)}" + (f" ± {_fmt(runs['std'], k)}" if runs["std"] is not None else "")
+        card = r["card"].get("value")
+        out.append(f"| `{r['ticket']}` | {r['task']} | {100 * r['sparsity']:.1f}% | {r['metric']} | {here} "
+                   f"({runs['n']}) | {_fmt(card, k) if card is not None else 'not recorded'} |")
+    return "\n".join(out)
+
+
 def render(root: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` and the PNGs for every result under ``root``; returns the report's path."""
     root = Path(root)
@@ -347,6 +361,9 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
     grids = [r for r in results if r["experiment"] == "dense_grid"]
     if grids:
         sections.append(dense_grid_markdown(grids))
+    trained = [r for r in results if r["experiment"] == "ticket"]
+    if trained:
+        sections.append(tickets_markdown(trained))
     t3 = [r for r in results if r["experiment"] == "table3"]
     if t3:
         sections.append(table3_markdown(t3))
