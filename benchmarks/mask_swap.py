@@ -25,7 +25,7 @@ from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import prepare, run_imp
 from nni_bert_tickets.experiments.tables import cached
 
-from search_cost import ticket  # noqa: E402  (benchmarks/ is the script's folder)
+from search_cost import add_search_arguments, ticket  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def group_of(name: str) -> str:
@@ -86,20 +86,7 @@ def retrain(config: ExperimentConfig, variant: str, mask: Ticket, seed: int) -> 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="stsb")
-    parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
-    parser.add_argument("--data-dir", default="../shared/data/glue")
-    parser.add_argument("--train-samples", type=int, default=1000)
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--target", type=float, default=0.5)
-    parser.add_argument("--step", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--check-every", type=int, default=5)
-    parser.add_argument("--threshold", type=float, default=0.01)
-    parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output-root", default="runs/search_cost")
+    add_search_arguments(parser)
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -111,7 +98,8 @@ def main():
                             step=args.step, prune_pooler=False, head="rewind", seed=args.seed,
                             output_root=args.output_root).validate()
     early = dataclasses.replace(base, early_stop_every=args.check_every, early_stop_threshold=args.threshold,
-                                early_stop_patience=args.patience).validate()
+                                early_stop_patience=args.patience, early_stop_window=args.window,
+                                early_stop_min_fraction=args.min_fraction).validate()
     plain, stopped = run_imp(base), run_imp(early)
     a, b = ticket(base, plain["trajectory"][-1]), ticket(early, stopped["trajectory"][-1])
     model, _ = prepare(base)

@@ -107,9 +107,8 @@ def one_task(task: str, args) -> dict:
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb"])
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The settings of the searches compared here (also read by ``mask_swap.py``)."""
     parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
     parser.add_argument("--data-dir", default="../shared/data/glue")
     parser.add_argument("--train-samples", type=int, default=1000)
@@ -118,9 +117,7 @@ def main():
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--step", type=float, default=0.1)
-    parser.add_argument("--seeds", type=int, default=2, help="full-model fine-tunings (round 0 is one of them)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--retrain-seeds", type=int, default=2, help="extra full trainings of each final ticket")
     parser.add_argument("--check-every", type=int, default=5)
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--patience", type=int, default=3)
@@ -128,6 +125,14 @@ def main():
     parser.add_argument("--min-fraction", type=float, default=0.0, help="no round stops before this fraction of it")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
     parser.add_argument("--output-root", default="runs/search_cost")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "stsb"])
+    add_search_arguments(parser)
+    parser.add_argument("--seeds", type=int, default=2, help="full-model fine-tunings (round 0 is one of them)")
+    parser.add_argument("--retrain-seeds", type=int, default=2, help="extra full trainings of each final ticket")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if args.seeds < 2:
