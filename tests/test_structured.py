@@ -114,3 +114,39 @@ def test_structured_imp_ends_after_its_rounds_at_the_nearest_whole_count(head_sp
     assert sum(map(len, imp.ticket.channels)) == 64 - 16 and all(len(h) >= 1 for h in imp.ticket.heads)
     assert heads_left is None or [len(h) for h in imp.ticket.heads] == heads_left
     assert calls == sorted(calls, reverse=True) and calls[-1] < calls[0]  # smaller every round
+
+
+def _heads_removed_with(importance, gradients=None):
+    from conftest import tiny_bert
+    model = tiny_bert()
+    layer = model.bert.encoder.layer[1].attention
+    with torch.no_grad():  # layer 1, head 1 (columns 8..15 of the output, rows 8..15 of q/k/v): the largest weights
+        for m in (layer.self.query, layer.self.key, layer.self.value):
+            m.weight[8:16] *= 10
+        layer.output.dense.weight[:, 8:16] *= 10
+    imp = StructuredIMP(model, lambda m: {"default": 0.0}, _tiny_inputs(), head_sparsity=0.25, channel_sparsity=0.25,
+                        step=1.0, importance=importance, gradients=gradients)
+    imp.run()
+    return [(i, h) for i, kept in enumerate(imp.ticket.heads) for h in range(2) if h not in kept]
+
+
+def test_taylor_importance_ranks_by_weight_times_gradient_not_magnitude():
+    def gradients(model):  # every weight's gradient 1, except layer 1 head 1's: zero, so its Taylor score is 0
+        loss = sum(p.sum() for p in model.parameters())
+        loss.backward()
+        attention = model.bert.encoder.layer[1].attention
+        for m in (attention.self.query, attention.self.key, attention.self.value):
+            m.weight.grad[8:16] = 0
+        attention.output.dense.weight.grad[:, 8:16] = 0
+    assert (1, 1) not in _heads_removed_with("magnitude")  # the largest head survives magnitude ranking
+    assert _heads_removed_with("taylor", gradients) == [(1, 1)]  # and is the one Taylor removes
+
+
+@pytest.mark.parametrize("importance, gradients, match", [
+    ("taylor", None, "importance='taylor' needs gradients="),
+    ("l1", None, r"importance must be one of \('magnitude', 'taylor'\), got 'l1'"),
+])
+def test_bad_importance_is_refused_before_training(importance, gradients, match):
+    from conftest import tiny_bert
+    with pytest.raises(ValueError, match=match):
+        StructuredIMP(tiny_bert(), _never_fit, _tiny_inputs(), importance=importance, gradients=gradients).run()

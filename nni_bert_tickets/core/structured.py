@@ -2,11 +2,13 @@
 
 Each round trains the current (smaller) network, scores every surviving head and FFN channel by the mean
 magnitude of its weights (query/key/value rows and attention-output columns of the head; the intermediate
-row and output column of the channel), removes the lowest-scoring ones globally, and rewinds: a fresh copy of
-θ0 is cut down to the survivors with torch-pruning's dependency graph (which carries a head's removal from
-the query into key, value and the attention output, and a channel's from the intermediate into the output
-dense). The task head keeps its trained values, as in unstructured IMP. The result saves as a Hugging Face
-model that loads without this library (``trust_remote_code=True`` with the modeling file it carries).
+row and output column of the channel) -- or, with ``importance="taylor"``, by the mean of |w · ∂L/∂w| over the
+same weights, the gradients taken on a few training batches of the trained network -- removes the
+lowest-scoring ones globally, and rewinds: a fresh copy of θ0 is cut down to the survivors with
+torch-pruning's dependency graph (which carries a head's removal from the query into key, value and the
+attention output, and a channel's from the intermediate into the output dense). The task head keeps its
+trained values, as in unstructured IMP. The result saves as a Hugging Face model that loads without this
+library (``trust_remote_code=True`` with the modeling file it carries).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch_pruning as tp
@@ -27,6 +29,7 @@ from .targets import base_prefix, check_sparsity
 
 __all__ = ["StructuredIMP", "StructuredTicket", "structured_ticket_model", "save_structured"]
 _log = logging.getLogger(__name__)
+IMPORTANCES = ("magnitude", "taylor")
 _REMOTE = os.path.join(os.path.dirname(__file__), "hf_remote", "modeling_pruned_bert.py")
 
 
@@ -88,11 +91,22 @@ class StructuredIMP:
     ``1 - layers * min_heads / heads`` of the heads can go); ``step``: the fraction of the original heads and
     channels removed per round (linear schedule, in (0, 1]). The run has ``ceil(max(targets) / step)`` pruning
     rounds after the dense one. Targets that cannot be reached are refused here, before any training.
+
+    ``importance``: ``"magnitude"`` (mean |w|, the default) or ``"taylor"`` (mean |w · grad|, first-order Taylor, as
+    torch-pruning's ``TaylorImportance``); Taylor needs ``gradients(model)``, which runs backward on a few
+    training batches of the model it is given (the gradients are cleared before and after each call).
     """
 
     def __init__(self, model: torch.nn.Module, fit: Callable[[torch.nn.Module], Dict[str, Any]], example_inputs,
                  head_sparsity: float = 0.5, channel_sparsity: float = 0.5, step: float = 0.1,
-                 min_heads: int = 1):
+                 min_heads: int = 1, importance: str = "magnitude",
+                 gradients: Optional[Callable[[torch.nn.Module], None]] = None):
+        if importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+        if importance == "taylor" and not callable(gradients):
+            raise ValueError("importance='taylor' needs gradients=: a function that runs backward on a few training "
+                             "batches of the model it is given")
+        self.importance, self.gradients = importance, gradients
         check_sparsity(head_sparsity, "head_sparsity")
         check_sparsity(channel_sparsity, "channel_sparsity")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
@@ -118,7 +132,7 @@ class StructuredIMP:
                   self.rounds, round(self.targets[0] * self.totals[0]), self.totals[0],
                   round(self.targets[1] * self.totals[1]), self.totals[1])
         self.theta0 = copy.deepcopy(model).eval()
-        self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1])
+        self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1], importance=importance)
         self.trajectory: List[Dict[str, Any]] = []
 
     def run(self) -> torch.nn.Module:
@@ -139,25 +153,38 @@ class StructuredIMP:
             model = structured_ticket_model(self.theta0, self.ticket, self.example_inputs)  # rewind to θ0
             model.load_state_dict(head, strict=False)  # the task head keeps its trained values
 
-    @torch.no_grad()
     def _prune(self, model: torch.nn.Module, level: int) -> None:
-        """Drop the lowest-magnitude heads and channels (global ranking) down to this round's counts."""
+        """Drop the lowest-scoring heads and channels (global ranking) down to this round's counts."""
         d = self.head_size
+        if self.importance == "taylor":
+            model.zero_grad(set_to_none=True)
+            self.gradients(model)
         scores_h, scores_c = [], []
-        for i, layer in enumerate(_layers(model)):
-            out = layer.attention_output
-            for j, head in enumerate(self.ticket.heads[i]):
-                rows = slice(j * d, (j + 1) * d)
-                parts = [m.weight[rows] for m in layer.heads] + [out.weight[:, rows]]
-                scores_h.append((float(torch.cat([p.abs().flatten() for p in parts]).mean()), i, head))
-            inter, down = layer.ffn_in.weight, layer.ffn_out.weight
-            score = (inter.abs().mean(1) + down.abs().mean(0)) / 2
-            scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
+        with torch.no_grad():
+            for i, layer in enumerate(_layers(model)):
+                sal = {id(m): self._salience(m.weight) for m in (*layer.heads, layer.attention_output,
+                                                                 layer.ffn_in, layer.ffn_out)}
+                out = sal[id(layer.attention_output)]
+                for j, head in enumerate(self.ticket.heads[i]):
+                    rows = slice(j * d, (j + 1) * d)
+                    parts = [sal[id(m)][rows] for m in layer.heads] + [out[:, rows]]
+                    scores_h.append((float(torch.cat([p.flatten() for p in parts]).mean()), i, head))
+                score = (sal[id(layer.ffn_in)].mean(1) + sal[id(layer.ffn_out)].mean(0)) / 2
+                scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
+        model.zero_grad(set_to_none=True)
         removed = [t if level >= self.rounds else min(t, level * self.step) for t in self.targets]  # the last: exact
         keep_h = self.totals[0] - round(removed[0] * self.totals[0])
         keep_c = self.totals[1] - round(removed[1] * self.totals[1])
         self.ticket.heads = _keep_top(scores_h, keep_h, len(self.ticket.heads), self.min_heads)
         self.ticket.channels = _keep_top(scores_c, keep_c, len(self.ticket.channels), 1)
+
+    def _salience(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.importance == "magnitude":
+            return weight.abs()
+        if weight.grad is None:
+            raise RuntimeError("importance='taylor': gradients(model) left no gradient on an encoder weight; it must "
+                               "run backward through the model it is given")
+        return (weight * weight.grad).abs()
 
 
 def _check_reachable(name: str, target: float, total: int, layers: int, minimum: int, what: str) -> None:

@@ -1,0 +1,86 @@
+"""benchmarks/structured_peers.py: torch-pruning's peers cut exactly the asked heads and channels, whole, with the
+attention attributes fixed by hand; on a tiny budget every variant reaches the JSON with its metric, steps and speed."""
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from nni_bert_tickets.core.structured import structured_ticket_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "glue" / "sst2"
+spec = importlib.util.spec_from_file_location("structured_peers", ROOT / "benchmarks" / "structured_peers.py")
+sp = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sp)
+
+
+def _batch(n=3, labels=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch = {"input_ids": torch.randint(1000, 5000, (n, 12), generator=g),
+             "attention_mask": torch.ones(n, 12, dtype=torch.long)}
+    return {**batch, "labels": torch.randint(0, 2, (n,), generator=g)} if labels else batch
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_peer_cut_removes_whole_heads_and_channels_per_layer_and_fixes_attention(minilm_path, importance):
+    torch.manual_seed(0)
+    dense = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
+    model = copy.deepcopy(dense)
+    ticket = sp.tp_prune(model, importance, 6, 384, _batch(), [_batch(4, True, s) for s in range(2)])
+    assert [len(h) for h in ticket.heads] == [6] * 6 and [len(c) for c in ticket.channels] == [1152] * 6
+    for layer in model.bert.encoder.layer:
+        attention = layer.attention.self
+        assert (attention.num_attention_heads, attention.all_head_size, attention.attention_head_size) == (6, 192, 32)
+        assert attention.query.out_features == attention.key.out_features == attention.value.out_features == 192
+        assert layer.attention.output.dense.weight.shape == (384, 192)
+        assert layer.intermediate.dense.out_features == layer.output.dense.in_features == 1152
+    assert all(p.grad is None for p in model.parameters())
+    logits = model(**_batch()).logits
+    assert logits.shape == (3, 2)
+    # the same survivors cut from the dense model by the ticket's own code: equal outputs, so whole heads were
+    # removed (no partial head) and the attributes fixed by hand are the ones the model needs
+    reference = structured_ticket_model(dense, ticket, _batch())
+    assert torch.allclose(logits, reference(**_batch()).logits, atol=1e-5)
+
+
+def test_points_the_peers_cannot_cut_evenly_are_refused():
+    with pytest.raises(SystemExit, match="not a whole number of this model's 12 heads"):
+        sp.check_points([(0.3, 0.5, 1)], 12, 1536)
+    with pytest.raises(SystemExit, match="not H:C or H:C:SEEDS"):
+        sp.parse_point("0.5")
+    assert sp.parse_point("0.5:0.6:3") == (0.5, 0.6, 3)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="the GLUE copy (../shared) is not here")
+def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "peers_structured.json"
+    sp.main(["--task", "sst2", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-steps", "1",
+             "--max-length", "32", "--points", "0.5:0.25", "--repeats", "1", "--length", "32", "--batch-sizes", "1",
+             "4", "--timing-examples", "4", "--taylor-batches", "1", "--output-root", str(tmp_path / "runs"),
+             "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["one_finetuning_steps"] == 1 and set(result["versions"]) >= {"torch", "transformers", "nni"}
+    nni = result["nni_modelspeedup"]
+    assert nni["ran"] or (nni["stage"] in ("TaylorPruner", "ModelSpeedup") and nni["error"])
+    assert result["dense"]["speedup"] == {"1": 1.0, "4": 1.0}
+    (point,) = result["points"]
+    assert set(point["variants"]) == set(sp.METHODS) and point["ticket_rounds"] == 2
+    for method, v in point["variants"].items():
+        assert "error" not in v, (method, v.get("error"))
+        assert v["n"] == 1 and 0.0 <= v["runs"][0] <= 1.0
+        assert set(v["speedup"]) == {"1", "4"} and all(s > 0 for s in v["speedup"].values())
+        assert all(s > 0 for s in v["seconds_per_batch"].values())
+        # the same totals as the structured ticket: 36 of 72 heads and 6,912 of 9,216 channels kept
+        assert sum(v["heads_per_layer"]) == 36 and sum(v["channels_per_layer"]) == 6912, method
+        if method.startswith("tp_"):
+            assert v["heads_per_layer"] == [6] * 6 and v["channels_per_layer"] == [1152] * 6
+        assert v["parameters"] < result["dense"]["parameters"]
+    steps = {m: v["steps"][0] for m, v in point["variants"].items()}
+    # from θ0: the dense fine-tuning (1 step) plus 2 IMP rounds / 1 fine-tuning / the ticket's 2 rounds
+    assert steps == {"ticket": 3, "ticket_taylor": 3, "tp_magnitude": 2, "tp_taylor": 2, "tp_magnitude_matched": 3,
+                     "tp_taylor_matched": 3}
