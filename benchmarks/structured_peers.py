@@ -34,7 +34,6 @@ import shlex
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -50,6 +49,8 @@ from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import prepare
 from nni_bert_tickets.experiments.tables import cached
 from nni_bert_tickets.tasks import get_task
+
+from nni_speedup import nni_modelspeedup  # noqa: E402  (benchmarks/ is the script's folder)
 
 _log = logging.getLogger("structured_peers")
 WEIGHTS = "model.safetensors"
@@ -143,44 +144,6 @@ def tp_prune(model, importance: str, heads_removed: int, channels_removed: int, 
                                f"{ffn.shape[0] - channels_removed} and {hidden}")
     ticket.metrics.update(total_heads=n_heads * len(layers), total_channels=sum(q.shape[0] for _, q in before))
     return ticket
-
-
-def nni_modelspeedup(config: ExperimentConfig, head_sparsity: float, channel_sparsity: float) -> Dict[str, Any]:
-    """NNI 3 ``TaylorPruner`` (two gradient steps) on whole heads and FFN channels, then ``ModelSpeedup``."""
-    import nni
-    import transformers
-    out: Dict[str, Any] = {"versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                                        "nni": nni.__version__}, "ran": False}
-    model, tuner = prepare(dataclasses.replace(config, max_steps=2))
-    layers = structured_layers(model)
-    names = {id(m): n for n, m in model.named_modules()}
-    d = layers[0].heads[0].out_features // getattr(layers[0].attention, layers[0].head_attrs[0])
-    config_list = []
-    for i, l in enumerate(layers):
-        config_list += [{"op_names": [names[id(l.ffn_in)]], "target_names": ["weight"], "granularity": "out_channel",
-                         "sparse_ratio": channel_sparsity},
-                        {"op_names": [names[id(m)] for m in l.heads], "target_names": ["weight"],
-                         "granularity": [d, l.heads[0].in_features], "sparse_ratio": head_sparsity,
-                         "dependency_group_id": f"heads-{i}"}]
-    stage = "TaylorPruner"
-    try:
-        from nni.compression.pruning import TaylorPruner
-        from nni.compression.speedup import ModelSpeedup
-        pruner = TaylorPruner(model, config_list, tuner.evaluator(model), training_steps=2)
-        _, masks = pruner.compress()
-        pruner.unwrap_model()
-        stage = "ModelSpeedup"
-        batch = next(iter(tuner.eval_batches(tuner.eval_data[tuner.task.eval_splits[0]])))
-        dummy = {k: v[:2] for k, v in batch.items() if k != "labels"}
-        ModelSpeedup(model, dummy, masks).speedup_model()
-        model(**dummy)
-        out.update(ran=True, note="ModelSpeedup ran on this stack; no variant is built on it here yet")
-    except Exception as exc:  # the finding is the error itself
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        out.update(stage=stage, error=f"{type(exc).__name__}: {exc}",
-                   raised_at=f"{Path(frame.filename).name}:{frame.lineno} {frame.line}")
-        _log.warning("NNI %s failed: %s", stage, out["error"])
-    return out
 
 
 # ---- units of the run store ---------------------------------------------------------------------------------

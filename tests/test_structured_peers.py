@@ -3,6 +3,7 @@ attention attributes fixed by hand; on a tiny budget every variant reaches the J
 import copy
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from nni_bert_tickets.core.structured import structured_ticket_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "glue" / "sst2"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path (nni_speedup)
 spec = importlib.util.spec_from_file_location("structured_peers", ROOT / "benchmarks" / "structured_peers.py")
 sp = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sp)
