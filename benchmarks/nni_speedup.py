@@ -1,7 +1,7 @@
 """Does NNI 3's structured path (``TaylorPruner`` on whole heads and FFN channels, then ``ModelSpeedup``) run on
 this torch and transformers? Called by ``structured_peers.py``, which records the answer in its JSON; on its own:
 
-    python benchmarks/nni_speedup.py --task sst2
+    python benchmarks/nni_speedup.py --task sst2 --json docs/results/nni_speedup.json
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any, Dict
 import torch
 
 from nni_bert_tickets.core.architectures import structured_layers
+from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import prepare
 
@@ -70,10 +71,15 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default="../shared/data/glue")
     parser.add_argument("--head-sparsity", type=float, default=0.5)
     parser.add_argument("--channel-sparsity", type=float, default=0.5)
+    parser.add_argument("--json", help="write the outcome here")
     args = parser.parse_args(argv)
     config = ExperimentConfig(task=args.task, model=args.model, data_dir=args.data_dir, max_train_samples=64,
                               max_length=64, output_root="runs/nni_speedup").validate()
-    print(json.dumps(nni_modelspeedup(config, args.head_sparsity, args.channel_sparsity), indent=1))
+    text = json.dumps({"command": "python benchmarks/nni_speedup.py --task " + args.task + " --json " + str(args.json),
+                       **nni_modelspeedup(config, args.head_sparsity, args.channel_sparsity)}, indent=1)
+    if args.json:
+        atomic_write_text(Path(args.json), text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
