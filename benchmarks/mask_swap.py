@@ -28,7 +28,15 @@ from nni_bert_tickets.experiments.tables import cached
 from search_cost import add_search_arguments, ticket  # noqa: E402  (benchmarks/ is the script's folder)
 
 
-def group_of(name: str) -> str:
+KINDS = (("attention.self.query", "query"), ("attention.self.key", "key"), ("attention.self.value", "value"),
+         ("attention.output.dense", "attention output"), ("intermediate.dense", "intermediate"),
+         ("output.dense", "output"))
+
+
+def group_of(name: str, by: str = "layer") -> str:
+    """The group a matrix is swapped with: its layer (``layer 3``) or its kind across layers (``query``)."""
+    if by == "kind":
+        return next((label for part, label in KINDS if part in name), "other")
     found = re.search(r"layer\.(\d+)\.", name)
     return f"layer {found.group(1)}" if found else "other"
 
@@ -48,17 +56,17 @@ def compare(a: Ticket, b: Ticket, theta0: dict) -> list:
     return rows
 
 
-def swapped(a: Ticket, b: Ticket, group: str) -> Ticket:
-    return dataclasses.replace(a, masks={k: (b.masks[k] if group_of(k) == group else a.masks[k]) for k in a.masks})
+def swapped(a: Ticket, b: Ticket, group: str, by: str = "layer") -> Ticket:
+    return dataclasses.replace(a, masks={k: (b.masks[k] if group_of(k, by) == group else a.masks[k]) for k in a.masks})
 
 
-def control(a: Ticket, b: Ticket, group: str, seed: int) -> Ticket:
+def control(a: Ticket, b: Ticket, group: str, seed: int, by: str = "layer") -> Ticket:
     """A with, in each of ``group``'s matrices, as many random kept weights pruned and random pruned weights kept
     as B differs from A there (same per-matrix sparsity as the swap, random positions)."""
     g = torch.Generator().manual_seed(seed)
     masks = dict(a.masks)
     for k in a.masks:
-        if group_of(k) != group:
+        if group_of(k, by) != group:
             continue
         ma, mb = a.masks[k].flatten(), b.masks[k].flatten()
         new = ma.clone()
@@ -87,6 +95,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="stsb")
     add_search_arguments(parser)
+    parser.add_argument("--by", nargs="+", default=["layer"], choices=["layer", "kind"],
+                        help="swap the early mask in by layer, and/or by kind of matrix across layers")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,22 +116,24 @@ def main():
     theta0 = {k: v.detach().clone() for k, v in prunable_weights(model).items()}  # the masks' own names
     matrices = compare(a, b, theta0)
     seed = args.seed + 100
-    groups = sorted({group_of(k) for k in a.masks})
     result = {"task": args.task, "metric": plain["metric"], "sparsity": args.target,
               "settings": {k: v for k, v in vars(args).items() if k != "json"},
               "command": "python benchmarks/mask_swap.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("json",)),
+                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in vars(args).items() if k != "json"),
               "note": f"the embedded 6-layer model at {args.train_samples} training examples, one retraining per mask: "
                       "a single run, not a verdict",
               "full_search_ticket": retrain(base, "A", a, seed), "early_ticket": retrain(base, "B", b, seed),
               "full_model_round0": plain["trajectory"][0]["metric"], "swaps": [], "matrices": matrices}
-    for group in groups:
-        differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if r["group"] == group)
-        result["swaps"].append({"group": group, "bits_that_differ": differ,
-                                "b_swapped_into_a": retrain(base, f"swap {group}", swapped(a, b, group), seed),
-                                "random_control": retrain(base, f"control {group}",
-                                                          control(a, b, group, args.seed), seed)})
-        logging.warning("%s: %s", group, result["swaps"][-1])
+    for by in args.by:
+        for group in sorted({group_of(k, by) for k in a.masks}):
+            differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if group_of(r["matrix"], by) == group)
+            name = group if by == "layer" else f"kind {group}"
+            result["swaps"].append({"by": by, "group": group, "bits_that_differ": differ,
+                                    "b_swapped_into_a": retrain(base, f"swap {name}", swapped(a, b, group, by), seed),
+                                    "random_control": retrain(base, f"control {name}",
+                                                              control(a, b, group, args.seed, by), seed)})
+            logging.warning("%s", result["swaps"][-1])
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
