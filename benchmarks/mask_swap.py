@@ -34,7 +34,9 @@ KINDS = (("attention.self.query", "query"), ("attention.self.key", "key"), ("att
 
 
 def group_of(name: str, by: str = "layer") -> str:
-    """The group a matrix is swapped with: its layer (``layer 3``) or its kind across layers (``query``)."""
+    """The group a matrix is swapped with: its layer (``layer 3``), its kind across layers (``query``) or ``all``."""
+    if by == "all":
+        return "all"
     if by == "kind":
         return next((label for part, label in KINDS if part in name), "other")
     found = re.search(r"layer\.(\d+)\.", name)
@@ -95,8 +97,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="stsb")
     add_search_arguments(parser)
-    parser.add_argument("--by", nargs="+", default=["layer"], choices=["layer", "kind"],
-                        help="swap the early mask in by layer, and/or by kind of matrix across layers")
+    parser.add_argument("--by", nargs="+", default=["layer"], choices=["layer", "kind", "all"],
+                        help="swap the early mask in by layer, by kind of matrix across layers, and/or whole")
+    parser.add_argument("--all-draws", type=int, default=3,
+                        help="random controls of the whole mask (as many changed bits as B has, at random)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,11 +132,14 @@ def main():
     for by in args.by:
         for group in sorted({group_of(k, by) for k in a.masks}):
             differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if group_of(r["matrix"], by) == group)
-            name = group if by == "layer" else f"kind {group}"
+            name = group if by == "layer" else f"kind {group}" if by == "kind" else "all"
+            draws = args.all_draws if by == "all" else 1
+            controls = [retrain(base, f"control {name}" + (f" draw {j}" if j else ""),
+                                control(a, b, group, args.seed + j, by), seed) for j in range(draws)]
             result["swaps"].append({"by": by, "group": group, "bits_that_differ": differ,
-                                    "b_swapped_into_a": retrain(base, f"swap {name}", swapped(a, b, group, by), seed),
-                                    "random_control": retrain(base, f"control {name}",
-                                                              control(a, b, group, args.seed, by), seed)})
+                                    "b_swapped_into_a": result["early_ticket"] if by == "all" else
+                                    retrain(base, f"swap {name}", swapped(a, b, group, by), seed),
+                                    "random_control": controls[0], "random_controls": controls})
             logging.warning("%s", result["swaps"][-1])
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
@@ -140,8 +147,8 @@ def main():
         tmp.replace(args.json)
     print(f"A (full search) {result['full_search_ticket']:.4f}  B (early) {result['early_ticket']:.4f}")
     for s in result["swaps"]:
-        print(f"{s['group']:8s} differ {s['bits_that_differ']:7d}  swap {s['b_swapped_into_a']:.4f}  "
-              f"control {s['random_control']:.4f}")
+        print(f"{s['group']:16s} differ {s['bits_that_differ']:7d}  swap {s['b_swapped_into_a']:.4f}  "
+              f"control {' '.join(f'{c:.4f}' for c in s['random_controls'])}")
 
 
 if __name__ == "__main__":
