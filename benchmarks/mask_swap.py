@@ -58,8 +58,22 @@ def compare(a: Ticket, b: Ticket, theta0: dict) -> list:
     return rows
 
 
+def in_group(name: str, by: str, group: str) -> bool:
+    """Whether matrix ``name`` belongs to ``group``; ``prefix`` groups (``layers 0-k``) hold every layer up to k."""
+    if by == "prefix":
+        return int(group_of(name).split()[1]) <= int(group.split("-")[1])
+    return group_of(name, by) == group
+
+
+def groups(names, by: str) -> list:
+    if by == "prefix":  # layers 0-1 .. 0-(L-2): layer 0 alone and all layers are the layer and all groups
+        last = max(int(group_of(n).split()[1]) for n in names)
+        return [f"layers 0-{k}" for k in range(1, last)]
+    return sorted({group_of(n, by) for n in names})
+
+
 def swapped(a: Ticket, b: Ticket, group: str, by: str = "layer") -> Ticket:
-    return dataclasses.replace(a, masks={k: (b.masks[k] if group_of(k, by) == group else a.masks[k]) for k in a.masks})
+    return dataclasses.replace(a, masks={k: (b.masks[k] if in_group(k, by, group) else a.masks[k]) for k in a.masks})
 
 
 def control(a: Ticket, b: Ticket, group: str, seed: int, by: str = "layer") -> Ticket:
@@ -68,7 +82,7 @@ def control(a: Ticket, b: Ticket, group: str, seed: int, by: str = "layer") -> T
     g = torch.Generator().manual_seed(seed)
     masks = dict(a.masks)
     for k in a.masks:
-        if group_of(k, by) != group:
+        if not in_group(k, by, group):
             continue
         ma, mb = a.masks[k].flatten(), b.masks[k].flatten()
         new = ma.clone()
@@ -97,8 +111,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="stsb")
     add_search_arguments(parser)
-    parser.add_argument("--by", nargs="+", default=["layer"], choices=["layer", "kind", "all"],
-                        help="swap the early mask in by layer, by kind of matrix across layers, and/or whole")
+    parser.add_argument("--by", nargs="+", default=["layer"], choices=["layer", "kind", "all", "prefix"],
+                        help="swap the early mask in by layer, by kind of matrix across layers, whole, and/or for "
+                             "layers 0..k (no random control there)")
     parser.add_argument("--all-draws", type=int, default=3,
                         help="random controls of the whole mask (as many changed bits as B has, at random)")
     parser.add_argument("--json")
@@ -130,16 +145,17 @@ def main():
               "full_search_ticket": retrain(base, "A", a, seed), "early_ticket": retrain(base, "B", b, seed),
               "full_model_round0": plain["trajectory"][0]["metric"], "swaps": [], "matrices": matrices}
     for by in args.by:
-        for group in sorted({group_of(k, by) for k in a.masks}):
-            differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if group_of(r["matrix"], by) == group)
-            name = group if by == "layer" else f"kind {group}" if by == "kind" else "all"
-            draws = args.all_draws if by == "all" else 1
+        for group in groups(a.masks, by):
+            differ = sum(r["kept_only_by_a"] + r["kept_only_by_b"] for r in matrices if in_group(r["matrix"], by, group))
+            name = f"kind {group}" if by == "kind" else group
+            draws = args.all_draws if by == "all" else 0 if by == "prefix" else 1
             controls = [retrain(base, f"control {name}" + (f" draw {j}" if j else ""),
                                 control(a, b, group, args.seed + j, by), seed) for j in range(draws)]
             result["swaps"].append({"by": by, "group": group, "bits_that_differ": differ,
                                     "b_swapped_into_a": result["early_ticket"] if by == "all" else
                                     retrain(base, f"swap {name}", swapped(a, b, group, by), seed),
-                                    "random_control": controls[0], "random_controls": controls})
+                                    "random_control": controls[0] if controls else None,
+                                    "random_controls": controls})
             logging.warning("%s", result["swaps"][-1])
     if args.json:
         tmp = Path(args.json).with_suffix(".tmp")
@@ -148,7 +164,7 @@ def main():
     print(f"A (full search) {result['full_search_ticket']:.4f}  B (early) {result['early_ticket']:.4f}")
     for s in result["swaps"]:
         print(f"{s['group']:16s} differ {s['bits_that_differ']:7d}  swap {s['b_swapped_into_a']:.4f}  "
-              f"control {' '.join(f'{c:.4f}' for c in s['random_controls'])}")
+              f"control {' '.join(f'{c:.4f}' for c in s['random_controls']) or '-'}")
 
 
 if __name__ == "__main__":
