@@ -100,9 +100,12 @@ def test_min_fraction_holds_the_stop_back_to_the_first_check_after_the_floor():
     watch = _watch(settings, sequence, total_steps=40)
     assert _drive(watch, sequence, range(1, 41)) == 21 == settings.earliest_stop(40)  # floor 20, checks every 3
     assert len(watch.checks) == 6 and watch.stopped_at == 21
-    # a floor of 0.99 of 10 steps: the check at step 10
-    assert _drive(_watch(EarlyStop(2, 0.1, 1, min_fraction=0.99), sequence, total_steps=10), sequence,
-                  range(1, 11)) == 10
+    # a floor of 0.99 of 10 steps falls on the round's last step: that is no stop (the round trained fully and is
+    # evaluated like any other), so the watch lets it end
+    last = _watch(EarlyStop(2, 0.1, 1, min_fraction=0.99), sequence, total_steps=10)
+    assert _drive(last, sequence, range(1, 11)) is None and last.stopped_at is None
+    assert _drive(_watch(EarlyStop(2, 0.1, 1, min_fraction=0.8), sequence, total_steps=12), sequence,
+                  range(1, 13)) == 10  # a floor of 9.6 steps of 12: the check at step 10 stops it, two before the end
     assert settings.settings()["min_fraction"] == 0.5 and "window" not in settings.settings()
 
 

@@ -164,7 +164,8 @@ class RoundWatch:
             _log.debug("step %d: next mask %.4f from the masks of the last %d checks", self.step, distance,
                        len(self._kept))
         self._kept = (self._kept + [mask])[-self.settings.window:]
-        if self._calm >= self.settings.patience and self.step >= self._floor and self.may_stop():
+        last = self.total_steps is not None and self.step >= self.total_steps  # the round ends here anyway
+        if self._calm >= self.settings.patience and self.step >= self._floor and not last and self.may_stop():
             self.stopped_at = self.step
             _log.info("the next mask has settled (distance < %g at %d checks): round stopped at step %d",
                       self.settings.threshold, self._calm, self.step)
