@@ -13,7 +13,6 @@ from transformers import AutoModelForSequenceClassification
 from nni_bert_tickets.core.structured import structured_ticket_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "glue" / "sst2"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # as when the script runs: its folder is on the path (nni_speedup)
 spec = importlib.util.spec_from_file_location("structured_peers", ROOT / "benchmarks" / "structured_peers.py")
 sp = importlib.util.module_from_spec(spec)
@@ -57,8 +56,7 @@ def test_points_the_peers_cannot_cut_evenly_are_refused():
     assert sp.parse_point("0.5:0.6:3") == (0.5, 0.6, 3)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="the GLUE copy (../shared) is not here")
-def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch):
+def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glue_dir fails if ../shared is missing
     monkeypatch.chdir(ROOT)
     out = tmp_path / "peers_structured.json"
     sp.main(["--task", "sst2", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-steps", "1",
