@@ -13,7 +13,8 @@ import yaml
 
 from ..core.rewind import Rewind
 from . import nni_trial, tracking
-from .config import ExperimentConfig, element_of, kind_of, load_yaml
+from .config import ExperimentConfig, load_yaml
+from .hints import element_of, kind_of
 from .grid import dense_grid
 from .imp_run import format_trajectory, imp_run_dir, run_imp
 from .tables import EXPERIMENTS, save_imp

@@ -23,9 +23,10 @@ from ..core.ticket import Ticket
 from ..tasks import get_task, task_names
 from ..training.loop import TrainConfig
 from .tracking import check_trackers
+from .hints import element_of, kind_of
 from .verdicts import PROBE_ORDERS
 
-__all__ = ["ExperimentConfig", "load_yaml", "choices_of", "kind_of", "element_of"]
+__all__ = ["ExperimentConfig", "load_yaml", "choices_of"]
 NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to", "share_dense_round")  # where and how, not what
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
@@ -380,19 +381,6 @@ def _check_transfer_source(source: str, sparsity: float) -> None:
                          f"known tasks: {', '.join(task_names())}")
     else:
         get_task(source)
-
-
-def kind_of(tp) -> type:
-    """``Optional[X]`` -> X; anything else unchanged."""
-    if typing.get_origin(tp) is typing.Union:
-        return [a for a in typing.get_args(tp) if a is not type(None)][0]
-    return tp
-
-
-def element_of(tp):
-    """The element type of ``List[X]`` / ``Optional[List[X]]``, else None."""
-    kind = kind_of(tp)
-    return typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
 
 
 def load_yaml(path: str) -> Dict[str, Any]:
