@@ -133,3 +133,16 @@ def test_rewinding_is_compared_with_theta0_cell_by_cell():
     assert _row(text, "rte") == ["+1.0", "+2.5", "0 → 1", "1 → 2"]
     assert _row(text, "mrpc") == ["+0.0", "+0.0", "0 → 0", "1 → 1"]
     assert _row(text, "oneshot") == ["+0.0", "+0.0", "0 → 0", "0 → 0"]
+
+
+def test_the_summary_states_each_tasks_epochs_and_trainings_per_verdict(tmp_path):
+    # tasks rerun at a new setting sit beside older results: the summary says which rests on what
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    old, new = _table2("sst2", SST2), _table2("squad", SQUAD)
+    old["settings"] = {"epochs": 2.0}
+    new.update(settings={"epochs": 4}, verdict_seeds=3)
+    for name, result in {"table2-sst2": old, "table2-squad": new}.items():
+        (tables / f"{name}.json").write_text(json.dumps(result))
+    table2 = report.table2_markdown(report._load(tmp_path))
+    assert _row(table2, "epochs a training · trainings per verdict") == ["4 · 3", "2 · 1"]

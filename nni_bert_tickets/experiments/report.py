@@ -68,6 +68,7 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
            "model's mean; *strictly* when it is at least that mean. " + POINTS, "",
            "| | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     out.append("| sparsity | " + " | ".join(f"{100 * _pick(r)['sparsity']:.0f}%" for r in results) + " |")
+    out.append("| epochs a training · trainings per verdict | " + " | ".join(_budget(r) for r in results) + " |")
     out.append("| full model (mean ± std) | " + " | ".join(
         f"{_fmt(r['full']['mean'], k)} ± {_fmt(r['full']['std'], k)}" for r, k in zip(results, scales)) + " |")
     for key in _rows_keys(results[0]):
@@ -94,6 +95,12 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
         if r.get("lead"):
             out += ["", _lead_words(r, scale)]
     return "\n".join(out)
+
+
+def _budget(result: Dict[str, Any]) -> str:
+    """The setting a task's verdicts rest on: epochs of each training, and trainings per decisive level."""
+    epochs = (result.get("settings") or {}).get("epochs")
+    return f"{'?' if epochs is None else f'{epochs:g}'} · {result.get('verdict_seeds', 1)}"
 
 
 def _level(x: Optional[float]) -> str:
