@@ -72,6 +72,10 @@ def test_table2_trains_seeds_at_the_decisive_levels(tmp_path, minilm_path, glue_
     assert rows[top]["random_pruning_stats"]["n"] == 2 and result["lead"]["baseline"] == "random_pruning"
     assert result["lead"]["n"] == [2, 2] and result["lead"]["sparsity"] == top
     assert result["matching_up_to_highest"] == all(rows[s]["matching"] for s in rows if s <= top)
+    contiguous = result["highest_contiguous_matching_sparsity"]
+    below = [s for s in sorted(rows) if contiguous is not None and s <= contiguous]
+    assert all(rows[s]["matching"] for s in below)
+    assert contiguous == max(rows) or not rows[min((s for s in rows if s > (contiguous or -1)))]["matching"]
 
     from nni_bert_tickets.experiments.report import render
     text = render(tmp_path).read_text()
@@ -88,3 +92,13 @@ def test_verdict_settings_are_refused_before_training(bad, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         ExperimentConfig(task="rte", experiment="table2", output_root=str(tmp_path), **bad).validate()
     assert not any(tmp_path.iterdir())
+
+
+def test_the_contiguous_answer_ignores_a_lucky_level_above_a_failing_one():
+    from nni_bert_tickets.experiments.verdicts import highest_contiguous
+    # RTE at 4 epochs had this shape: matching to 60 %, failing at 70 and 80 %, one lucky pass at 90 %
+    passed = {0.9: True, 0.1: True, 0.2: True, 0.6: True, 0.7: False, 0.8: False}
+    assert highest_contiguous(passed) == 0.6
+    assert highest_contiguous({0.1: False, 0.2: True}) is None
+    assert highest_contiguous({0.1: True, 0.2: True}) == 0.2
+    assert highest_contiguous({}) is None

@@ -28,7 +28,7 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
-from .verdicts import (highest, lead_interval, matching, probe, stats, strictly_matching,
+from .verdicts import (highest, highest_contiguous, lead_interval, matching, probe, stats, strictly_matching,
                        transfer_verdicts)
 
 __all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
@@ -231,6 +231,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
         "untrained_levels": [level for level in levels if level not in runs], "highest_winning_sparsity": top,
         "highest_strictly_matching_sparsity": strict_top,
         "matching_up_to_highest": top is not None and all(r["matching"] for r in rows if r["sparsity"] <= top + 1e-9),
+        "highest_contiguous_matching_sparsity": highest_contiguous({r["sparsity"]: r["matching"] for r in rows}),
         "lead": _lead(config, rows, top),
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")

@@ -12,7 +12,7 @@ import math
 import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest", "settle",
+__all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest", "highest_contiguous", "settle",
            "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
 PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
@@ -44,6 +44,17 @@ def highest(runs: Mapping[float, Sequence[float]], full: Mapping[str, Any], stri
     test = strictly_matching if strict else matching
     passed = [level for level, r in runs.items() if test(statistics.fmean(r), full)]
     return max(passed) if passed else None
+
+
+def highest_contiguous(passed: Mapping[float, bool]) -> Optional[float]:
+    """The highest level that matches with every level below it matching too (``passed``: level -> verdict), or
+    None when the lowest level fails: the answer a single lucky run above a failing level cannot raise."""
+    top = None
+    for level in sorted(passed):
+        if not passed[level]:
+            break
+        top = level
+    return top
 
 
 def decisive_levels(runs: Mapping[float, Sequence[float]], full: Mapping[str, Any]) -> List[float]:
