@@ -12,8 +12,8 @@ import math
 import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest", "highest_contiguous", "settle",
-           "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
+__all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest",
+           "highest_contiguous", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
 PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
