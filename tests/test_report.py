@@ -146,3 +146,22 @@ def test_the_summary_states_each_tasks_epochs_and_trainings_per_verdict(tmp_path
         (tables / f"{name}.json").write_text(json.dumps(result))
     table2 = report.table2_markdown(report._load(tmp_path))
     assert _row(table2, "epochs a training · trainings per verdict") == ["4 · 3", "2 · 1"]
+
+
+def test_answers_missing_from_older_results_are_derived_from_their_rows_not_shown_as_none(tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    old = _table2("sst2", SST2)  # stored before the strict answer, the contiguity flag and the lead existed
+    old["rows"] = [{"sparsity": 0.1, "imp": 0.92, "matching": True},
+                   {"sparsity": 0.2, "imp": 0.90, "matching": False},
+                   {"sparsity": 0.3, "imp": 0.9105, "matching": True, "random_pruning": 0.85}]
+    old["highest_winning_sparsity"] = 0.3
+    new = _table2("squad", SQUAD)
+    new.update(highest_strictly_matching_sparsity=None, matching_up_to_highest=True)
+    for name, result in {"table2-sst2": old, "table2-squad": new}.items():
+        (tables / f"{name}.json").write_text(json.dumps(result))
+    table2 = report.table2_markdown(report._load(tmp_path))
+    assert _row(table2, "highest strictly matching (≥ mean)") == ["none", "10%"]  # 0.92 ≥ 0.9125 > 0.9105
+    assert _row(table2, "matching at every level up to it") == ["yes", "no"]
+    assert _row(table2, "highest with every level below matching") == ["40%", "10%"]
+    assert _row(table2, "IMP lead over the best baseline there [95 % interval]")[1] == "+6.0 (n = 1)"

@@ -92,7 +92,9 @@ def _entry(path: Path, result: Dict[str, Any], level: Optional[float]) -> Option
             raise ValueError(f"{path.name} has no level {level}; it has {sorted(rows)}")
         found_by = (f"iterative magnitude pruning, {result['settings']['step']:.0%} of the weights a round "
                     f"({result['settings']['schedule']}); IMP row: {result['imp_row']}; pruned: {result['pruned']}")
-        return {"level": level, "value": rows[round(level, 6)]["imp"], "full": result["full"], "found_by": found_by}
+        row = rows[round(level, 6)]
+        return {"level": level, "value": row["imp"], "full": result["full"], "found_by": found_by,
+                "n": (row.get("imp_stats") or {}).get("n", 1)}
     metric = result["metric"]
     trajectory = result["imp_trajectory"]
     dense = trajectory[0][metric]
@@ -108,17 +110,20 @@ def _entry(path: Path, result: Dict[str, Any], level: Optional[float]) -> Option
     found_by = (f"iterative magnitude pruning, {result['settings']['step']:.0%} of the weights a round "
                 f"({result['settings']['schedule']}), head: {result['settings']['head']}; one IMP run: the highest "
                 f"level at or above the dense model's {metric}")
-    return {"level": level, "value": by_level[round(level, 6)], "full": full, "found_by": found_by}
+    return {"level": level, "value": by_level[round(level, 6)], "full": full, "found_by": found_by, "n": 1}
 
 
 def _notes(path: Path, result: Dict[str, Any], entry: Dict[str, Any]) -> str:
     s = result["settings"]
     data = f"{s['max_train_samples']} training examples" if s.get("max_train_samples") else "the full training set"
+    trainings = f", the mean of {entry['n']} trainings" if entry["n"] > 1 else " (one training)"
     return (f"Found by nni_bert_tickets on {result['model']} (`{path.name}`, experiment `{result['experiment']}`, "
             f"IMP run `{result['imp_run']}`): {data}, learning rate {s['learning_rate']}, batch {s['batch_size']}, "
-            f"{s['epochs']} epochs a round, max length {s['max_length']}, seed {s['seed']}. The value is the ticket's "
-            f"{result['metric']} on the task's evaluation split after fine-tuning from θ0; the full model's is the "
-            f"mean (and spread) of {len(entry['full'].get('runs', [])) or 'its'} dense fine-tuning(s).")
+            f"{s['epochs']:g} epochs a round, max length {s['max_length']}, seed {s['seed']}. The value is the ticket's "
+            f"{result['metric']} on the task's evaluation split after fine-tuning from θ0"
+            f"{trainings}; the full "
+            f"model's is the mean (and spread) of {len(entry['full'].get('runs', [])) or 'its'} dense fine-tuning(s). "
+            f"These figures are this run's, on this base model and data: not the paper's results (bert-base).")
 
 
 def _remove_other_levels(out: Path, task: str, keep: Path) -> None:
