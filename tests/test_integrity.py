@@ -145,3 +145,24 @@ def test_a_step_checkpoint_on_a_full_disk_keeps_the_previous_one(tmp_path):
         save_checkpoint(_Accelerator(room=1000), folder, {"step": 6, "total": 9, "data_seed": 1}, {})
     assert read_progress(folder, 9)["step"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-checkpoint"]
+
+
+def test_saving_the_same_ticket_again_leaves_the_file_alone_and_a_changed_or_damaged_one_is_rewritten(tmp_path):
+    # safetensors orders header keys differently from one save to the next: republishing an unchanged ticket would
+    # otherwise change its bytes (and a repository's history) for nothing
+    path = _saved(tmp_path)
+    ticket = Ticket.load(path)
+    raw = path.read_bytes()
+    swapped = raw[:8] + raw[8:8 + _header_length(raw)][::-1] + raw[8 + _header_length(raw):]  # unreadable header
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # the same header and digest, one data bit changed
+    ticket.save(path)
+    assert path.read_bytes() != raw[:-1] + bytes([raw[-1] ^ 1]) and Ticket.load(path).masks.keys() == ticket.masks.keys()
+    before = path.read_bytes()
+    ticket.save(path)
+    assert path.read_bytes() == before  # unchanged content: not written again
+    ticket.seed = 4  # other metadata: another digest, written
+    ticket.save(path)
+    assert Ticket.load(path).seed == 4
+    path.write_bytes(swapped)
+    ticket.save(path)
+    assert Ticket.load(path).seed == 4

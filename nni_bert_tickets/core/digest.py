@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import torch
 
-__all__ = ["DIGEST_KEY", "ticket_digest", "digest_problem"]
+__all__ = ["DIGEST_KEY", "ticket_digest", "digest_problem", "file_holds"]
 DIGEST_KEY = "sha256"
 _HEADER = {"format", "meta", "mask_shapes", DIGEST_KEY}  # every entry a ticket's header may have
 _log = logging.getLogger("nni_bert_tickets.core.ticket")
@@ -45,6 +45,22 @@ def digest_problem(path: str, header: Mapping[str, str], tensors: Mapping[str, t
         return ("was altered: its masks, weights or metadata no longer match the SHA-256 digest it was saved with "
                 "(a damaged download or an edited file); get a fresh copy")
     return None
+
+
+def file_holds(path: str, digest: str) -> bool:
+    """Whether the ticket file at ``path`` already holds the content whose digest is ``digest``, checked against its
+    tensors (so writing that content again can be skipped: safetensors orders header keys differently from one
+    save to the next, and a republished ticket would differ in bytes only)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get(DIGEST_KEY) != digest:
+                return False
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception:  # no file, or not a readable safetensors file: it does not hold this ticket
+        return False
+    return not set(header) - _HEADER and ticket_digest(header, tensors) == digest
 
 
 def _update(digest, label: str, data: bytes) -> None:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
-from .digest import DIGEST_KEY, digest_problem, ticket_digest
+from .digest import DIGEST_KEY, digest_problem, file_holds, ticket_digest
 from .errors import TicketError
 from .files import atomic_write
 from .architectures import model_type as type_of
@@ -280,6 +280,8 @@ class Ticket:
         header = {"format": _FORMAT, "meta": json.dumps(self.metadata(), sort_keys=True, default=str),
                   "mask_shapes": json.dumps({k: list(m.shape) for k, m in self.masks.items()}, sort_keys=True)}
         header[DIGEST_KEY] = ticket_digest(header, tensors)  # load refuses a file whose content no longer has it
+        if file_holds(os.fspath(path), header[DIGEST_KEY]):
+            return  # the same ticket is already there: leave its bytes alone
         size = sum(t.numel() * t.element_size() + 100 for t in tensors.values()) + len(json.dumps(header))
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header), size=size)
 
