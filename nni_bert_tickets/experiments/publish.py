@@ -120,8 +120,7 @@ def _notes(path: Path, result: Dict[str, Any], entry: Dict[str, Any]) -> str:
     return (f"Found by nni_bert_tickets on {result['model']} (`{path.name}`, experiment `{result['experiment']}`, "
             f"IMP run `{result['imp_run']}`): {data}, learning rate {s['learning_rate']}, batch {s['batch_size']}, "
             f"{s['epochs']:g} epochs a round, max length {s['max_length']}, seed {s['seed']}. The value is the ticket's "
-            f"{result['metric']} on the task's evaluation split after fine-tuning from θ0"
-            f"{trainings}; the full "
+            f"{result['metric']} on the task's evaluation split after fine-tuning from θ0{trainings}; the full "
             f"model's is the mean (and spread) of {len(entry['full'].get('runs', [])) or 'its'} dense fine-tuning(s). "
             f"These figures are this run's, on this base model and data: not the paper's results (bert-base).")
 

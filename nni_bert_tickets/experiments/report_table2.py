@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..tasks import get_task  # noqa: E402
-from .verdicts import highest_contiguous, strictly_matching  # noqa: E402
+from .verdicts import row_answers  # noqa: E402
 
 __all__ = ["table2_markdown", "table2_plot", "LABELS", "POINTS"]
 
@@ -84,13 +84,10 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
 
 def _answers(result: Dict[str, Any]) -> tuple:
     """(highest strictly matching level, matching at every level up to the highest matching one, highest level with
-    every level below it matching): stored by Table 2, else derived from its rows (results made before they were)."""
-    rows, full, top = result["rows"], result["full"], result["highest_winning_sparsity"]
-    strict = result.get("highest_strictly_matching_sparsity", max(
-        (r["sparsity"] for r in rows if strictly_matching(r["imp"], full)), default=None))
-    up_to = result.get("matching_up_to_highest",
-                       top is not None and all(r["matching"] for r in rows if r["sparsity"] <= top + 1e-9))
-    return strict, up_to, highest_contiguous({r["sparsity"]: r["matching"] for r in rows})
+    every level below it matching), from the rows: results stored before Table 2 kept these have them too."""
+    found = row_answers(result["rows"], result["full"], result["highest_winning_sparsity"])
+    return (found["highest_strictly_matching_sparsity"], found["matching_up_to_highest"],
+            found["highest_contiguous_matching_sparsity"])
 
 
 def _budget(result: Dict[str, Any]) -> str:

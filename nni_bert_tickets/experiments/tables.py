@@ -28,7 +28,7 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
-from .verdicts import (highest, highest_contiguous, lead_interval, matching, probe, stats, strictly_matching,
+from .verdicts import (highest, lead_interval, matching, probe, row_answers, stats, strictly_matching,
                        transfer_verdicts)
 
 __all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
@@ -208,7 +208,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     runs = probe(levels, full, k, lambda level, i: baseline(config, "imp_fresh_head", level, accelerator,
                                                             seed=config.seed + i)["default"],
                  config.verdict_levels, runs)
-    top, strict_top = highest(runs, full), highest(runs, full, strict=True)
+    top = highest(runs, full)
     rows = []
     for level, level_runs in sorted(runs.items()):
         imp_stats = stats(level_runs)
@@ -229,9 +229,7 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
         "imp_trajectory": every_metric(imp["trajectory"]),
         "baselines": config.baselines, "verdict_seeds": k, "verdict_levels": config.verdict_levels,
         "untrained_levels": [level for level in levels if level not in runs], "highest_winning_sparsity": top,
-        "highest_strictly_matching_sparsity": strict_top,
-        "matching_up_to_highest": top is not None and all(r["matching"] for r in rows if r["sparsity"] <= top + 1e-9),
-        "highest_contiguous_matching_sparsity": highest_contiguous({r["sparsity"]: r["matching"] for r in rows}),
+        **row_answers(rows, full, top),
         "lead": _lead(config, rows, top),
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")

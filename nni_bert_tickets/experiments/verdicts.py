@@ -13,7 +13,7 @@ import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest",
-           "highest_contiguous", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
+           "highest_contiguous", "row_answers", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
 PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
@@ -55,6 +55,17 @@ def highest_contiguous(passed: Mapping[float, bool]) -> Optional[float]:
             break
         top = level
     return top
+
+
+def row_answers(rows: Sequence[Mapping[str, Any]], full: Mapping[str, Any], top: Optional[float]) -> Dict[str, Any]:
+    """Table 2's answers that follow from its rows (each with ``sparsity``, ``imp``: the mean, and ``matching``) and
+    ``top``, the highest matching level: the highest strictly matching level, whether every level up to ``top``
+    matches, and the highest level with every level below it matching."""
+    return {"highest_strictly_matching_sparsity": max(
+                (r["sparsity"] for r in rows if strictly_matching(r["imp"], full)), default=None),
+            "matching_up_to_highest": top is not None and all(r["matching"] for r in rows
+                                                              if r["sparsity"] <= top + 1e-9),
+            "highest_contiguous_matching_sparsity": highest_contiguous({r["sparsity"]: r["matching"] for r in rows})}
 
 
 def decisive_levels(runs: Mapping[float, Sequence[float]], full: Mapping[str, Any]) -> List[float]:
