@@ -163,3 +163,45 @@ def test_squad_bad_window_settings_are_refused_before_tokenising(minilm_path):
     with pytest.raises(DataError, match="a question of 64 tokens leaves no room for its context in max_length 60"):
         data["train"] = datasets.Dataset.from_list([{**example, "question": example["question"] * 10}])
         get_task("squad").tokenize(data, tokenizer, ExperimentConfig(task="squad", max_length=60))
+
+
+def _body_checkpoint(folder, drop=()):
+    """A tiny BERT body saved as a Hub folder (no task head), optionally without some of its weights."""
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    body = BertModel(config)
+    body.save_pretrained(folder)
+    if drop:
+        state = {k: v.contiguous() for k, v in body.state_dict().items() if k not in drop}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return body
+
+
+@pytest.mark.parametrize("task_name, head", [("sst2", "classifier."), ("squad", "qa_outputs."), ("mlm", "cls.")])
+def test_loading_a_body_under_a_new_head_says_so_once_without_the_load_report(tmp_path, caplog, task_name, head):
+    body = _body_checkpoint(tmp_path)
+    caplog.clear()  # saving the checkpoint logs transformers' own sharding notes
+    with caplog.at_level("INFO"):
+        model = get_task(task_name).load_model(str(tmp_path))
+    # transformers' records propagate to the root logger caplog listens on: its LOAD REPORT warning is muted
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage() or r.levelname == "WARNING"]
+    records = [r for r in caplog.records if r.name == "nni_bert_tickets.tasks.data"]
+    assert [r.levelname for r in records if "new task head" in r.getMessage()] == ["INFO"]
+    assert head in records[0].getMessage() and not [r for r in records if r.levelname == "WARNING"]
+    # the body really came from the checkpoint
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(model.base_model.state_dict()[key], body.state_dict()[key])
+
+
+def test_a_body_weight_missing_from_the_checkpoint_is_a_warning_naming_it(tmp_path, caplog):
+    key = "encoder.layer.0.attention.self.query.weight"
+    _body_checkpoint(tmp_path, drop=(key,))
+    with caplog.at_level("INFO", logger="nni_bert_tickets"):
+        get_task("sst2").load_model(str(tmp_path))
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and r.name == "nni_bert_tickets.tasks.data"]
+    assert len(warnings) == 1 and "bert." + key in warnings[0] and "1 body weights" in warnings[0]

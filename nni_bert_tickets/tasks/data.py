@@ -1,13 +1,18 @@
 """What every task shares: the data error, local jsonl splits, sample limits, collators and batching."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-__all__ = ["DataError", "load_jsonl_splits", "limit_splits", "padding_collator", "LengthGroupedBatchSampler"]
+__all__ = ["DataError", "load_jsonl_splits", "limit_splits", "padding_collator", "LengthGroupedBatchSampler",
+           "load_pretrained_body"]
+
+logger = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -78,3 +83,62 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[List[int]]):
         if self.shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return iter(batches)
+
+
+class _HeadNotes(logging.Filter):
+    """Holds back the two notes transformers 5 logs as warnings when a checkpoint lacks the task head: the LOAD
+    REPORT table of missing keys, and (for heads with tied weights, like BERT's MLM head) "this checkpoint seem
+    corrupted" for a tie whose two ends are both absent. :func:`load_pretrained_body` judges them afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: List[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" in message or ("tied weights" in message and "absent from the checkpoint" in message):
+            self.held.append(message)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _held_head_notes():
+    """A filter, not a higher level, on transformers' logger: transformers runs extra checks that warn whenever its
+    logger's level is WARNING or above."""
+    loud = logging.getLogger("transformers.modeling_utils")
+    notes = _HeadNotes()
+    loud.addFilter(notes)
+    try:
+        yield notes
+    finally:
+        loud.removeFilter(notes)
+
+
+def load_pretrained_body(auto_class, name_or_path: str, **kwargs):
+    """``auto_class.from_pretrained(name_or_path, **kwargs)`` for a checkpoint that holds the model's body (the
+    encoder under ``base_model_prefix``) but maybe not its task head.
+
+    A head the checkpoint lacks is initialised fresh, as fine-tuning expects, and said once at INFO. A body weight the
+    checkpoint lacks is a real problem (a wrong or truncated checkpoint) and is logged as a warning naming the keys;
+    size mismatches and conversion errors still raise inside transformers."""
+    with _held_head_notes() as notes:
+        model, info = auto_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    body = model.base_model_prefix + "."
+    name = type(model).__name__
+    missing = sorted(info.get("missing_keys") or ())
+    head = [k for k in missing if not k.startswith(body)]
+    lost = [k for k in missing if k.startswith(body)]
+    if head:
+        logger.info("%s: new task head initialised (%s), as fine-tuning from %s expects", name, ", ".join(head),
+                    name_or_path)
+    if lost:
+        logger.warning("%s: %d body weights are missing from %s and were initialised at random: %s", name, len(lost),
+                       name_or_path, ", ".join(lost[:8]) + (" ..." if len(lost) > 8 else ""))
+    for note in notes.held:  # a tie note about the body is not about a fresh head: pass it on
+        if "LOAD REPORT" not in note and body in note:
+            logger.warning("transformers, loading %s: %s", name_or_path, note)
+    unused = sorted(info.get("unexpected_keys") or ())
+    if unused:
+        logger.info("%s: %d checkpoint weights unused (%s)", name, len(unused), ", ".join(unused[:8]))
+    return model

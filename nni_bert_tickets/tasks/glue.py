@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from .data import DataError, limit_splits, load_jsonl_splits, padding_collator
+from .data import DataError, limit_splits, load_jsonl_splits, load_pretrained_body, padding_collator
 
 __all__ = ["GlueTask", "TASKS", "ALIASES", "compute_metrics", "load_glue", "tokenize_glue"]
 _log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class GlueTask:
 
     def load_model(self, name_or_path: str):
         from transformers import AutoModelForSequenceClassification
-        return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=self.num_labels)
+        return load_pretrained_body(AutoModelForSequenceClassification, name_or_path, num_labels=self.num_labels)
 
     def collator(self, tokenizer, padding: str):
         return padding_collator(tokenizer, padding)

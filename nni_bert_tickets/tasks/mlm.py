@@ -17,7 +17,7 @@ from typing import ClassVar, Dict
 
 import torch
 
-from .data import DataError, limit_splits
+from .data import DataError, limit_splits, load_pretrained_body
 
 __all__ = ["MLMTask"]
 _log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class MLMTask:
 
     def load_model(self, name_or_path: str):
         from transformers import AutoModelForMaskedLM
-        return AutoModelForMaskedLM.from_pretrained(name_or_path)
+        return load_pretrained_body(AutoModelForMaskedLM, name_or_path)
 
     def collator(self, tokenizer, padding: str):
         return _MLMCollator(tokenizer, self.mlm_probability)

@@ -22,7 +22,7 @@ from typing import ClassVar, Dict, List
 import numpy as np
 import torch
 
-from .data import DataError, limit_splits, load_jsonl_splits, padding_collator
+from .data import DataError, limit_splits, load_jsonl_splits, load_pretrained_body, padding_collator
 
 __all__ = ["SquadTask", "squad_scores", "normalize_answer", "resplit_by_article"]
 HUB_DATASET = "rajpurkar/squad"
@@ -180,7 +180,7 @@ class SquadTask:
 
     def load_model(self, name_or_path: str):
         from transformers import AutoModelForQuestionAnswering
-        return AutoModelForQuestionAnswering.from_pretrained(name_or_path)
+        return load_pretrained_body(AutoModelForQuestionAnswering, name_or_path)
 
     def collator(self, tokenizer, padding: str):
         return padding_collator(tokenizer, padding)
