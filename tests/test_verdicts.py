@@ -102,3 +102,19 @@ def test_the_contiguous_answer_ignores_a_lucky_level_above_a_failing_one():
     assert highest_contiguous({0.1: False, 0.2: True}) is None
     assert highest_contiguous({0.1: True, 0.2: True}) == 0.2
     assert highest_contiguous({}) is None
+
+
+def test_lead_at_uses_the_stored_runs_of_the_best_baseline_and_falls_back_to_one_run_a_cell():
+    from nni_bert_tickets.experiments.verdicts import lead_at, lead_interval
+    rows = [{"sparsity": 0.5, "imp": 0.60, "imp_stats": {"runs": [0.59, 0.60, 0.61]},
+             "random_pruning": 0.55, "random_pruning_stats": {"runs": [0.54, 0.55, 0.56]},
+             "random_reinit": 0.57, "random_reinit_stats": {"runs": [0.50, 0.57, 0.64]}},
+            {"sparsity": 0.7, "imp": 0.52, "random_pruning": 0.50}]
+    baselines = ["random_pruning", "random_reinit"]
+    lead = lead_at(rows, 0.5, baselines)
+    assert lead["baseline"] == "random_reinit" and lead["sparsity"] == 0.5
+    assert lead == {"sparsity": 0.5, "baseline": "random_reinit",
+                    **lead_interval([0.59, 0.60, 0.61], [0.50, 0.57, 0.64])}
+    old = lead_at(rows, 0.7, baselines)  # a row stored before runs were kept: a point lead, no interval
+    assert old["lead"] == pytest.approx(0.02) and old["low"] is None and old["n"] == [1, 1]
+    assert lead_at(rows, 0.9, baselines) is None and lead_at(rows, None, baselines) is None

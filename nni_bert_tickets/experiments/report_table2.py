@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..tasks import get_task  # noqa: E402
-from .verdicts import row_answers  # noqa: E402
+from .verdicts import lead_at, row_answers  # noqa: E402
 
 __all__ = ["table2_markdown", "table2_plot", "LABELS", "POINTS"]
 
@@ -66,8 +66,10 @@ def table2_markdown(results: List[Dict[str, Any]]) -> str:
                    + " |")
         out.append("| highest with every level below matching | " + " | ".join(_level(a[2]) for a in answers)
                    + " |")
-        out.append("| IMP lead over the best baseline there [95 % interval] | " + " | ".join(
-            _lead_cell(r.get("lead") or _point_lead(r), k) for r, k in zip(results, scales)) + " |")
+        leads = [r.get("lead") or lead_at(r["rows"], r.get("highest_winning_sparsity"), r.get("baselines", []))
+                 for r in results]  # results stored before ``lead`` was: a point lead (n = 1)
+        out.append("| IMP lead over the best baseline there [95 % interval] | "
+                   + " | ".join(_lead_cell(lead, k) for lead, k in zip(leads, scales)) + " |")
     for r, scale in zip(results, scales):
         keys = _rows_keys(r)
         out += ["", f"### {r['task']} ({r['metric']}; full model {_fmt(r['full']['mean'], scale)} ± "
@@ -106,15 +108,6 @@ def _cell_stats(row: Dict[str, Any], key: str, scale: float) -> str:
     if found and found["n"] > 1:
         return f"{_fmt(found['mean'], scale)} ± {_fmt(found['std'], scale)} ({found['n']})"
     return _fmt(row.get(key), scale)
-
-
-def _point_lead(result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """IMP minus the best baseline at the highest matching level, for results stored before ``lead`` was (one run
-    each: no interval)."""
-    top = result.get("highest_winning_sparsity")
-    row = next((r for r in result["rows"] if top is not None and abs(r["sparsity"] - top) < 1e-6), None)
-    values = [row[k] for k in result.get("baselines", []) if row is not None and row.get(k) is not None]
-    return {"lead": row["imp"] - max(values), "low": None} if values else None
 
 
 def _lead_cell(lead: Optional[Dict[str, Any]], scale: float) -> str:

@@ -28,7 +28,7 @@ from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
 from .tracking import log_values, unit_run
-from .verdicts import (highest, lead_interval, matching, probe, row_answers, stats, strictly_matching,
+from .verdicts import (highest, lead_at, matching, probe, row_answers, stats, strictly_matching,
                        transfer_verdicts)
 
 __all__ = ["cached", "full_model", "imp_ticket", "ticket_at", "baseline", "table2", "table3", "transfer", "check_model",
@@ -230,22 +230,12 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
         "baselines": config.baselines, "verdict_seeds": k, "verdict_levels": config.verdict_levels,
         "untrained_levels": [level for level in levels if level not in runs], "highest_winning_sparsity": top,
         **row_answers(rows, full, top),
-        "lead": _lead(config, rows, top),
+        "lead": lead_at(rows, top, config.baselines),
         "imp_row": ("head rewound to γ0 with the body (the IMP run)" if config.head == "rewind"
                     else "IMP mask retrained from θ0 with a fresh head")
         + ("; masks from early-stopped search rounds, retrained in full from θ0" if config.early_stop_every else "")
         + (f" ({config.verdict_levels} levels)" if config.verdict_levels != "all" else ""),
         "pruned": "encoder matrices, pooler left out" if config.prune_pooler is False else "the paper's set"})
-
-
-def _lead(config: ExperimentConfig, rows: List[Dict[str, Any]], top: Optional[float]) -> Optional[Dict[str, Any]]:
-    """IMP minus the best baseline (by mean) at the highest matching level, with its 95 % interval over seeds."""
-    row = next((r for r in rows if top is not None and abs(r["sparsity"] - top) < 1e-6), None)
-    kinds = [kind for kind in config.baselines if row is not None and f"{kind}_stats" in row]
-    if not kinds:
-        return None
-    best = max(kinds, key=lambda kind: row[kind])
-    return {"sparsity": top, "baseline": best, **lead_interval(row["imp_stats"]["runs"], row[f"{best}_stats"]["runs"])}
 
 
 def _baseline_levels(config: ExperimentConfig, levels, highest: Optional[float]):

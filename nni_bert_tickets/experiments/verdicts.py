@@ -13,7 +13,8 @@ import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest",
-           "highest_contiguous", "row_answers", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "transfer_verdicts"]
+           "highest_contiguous", "row_answers", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "lead_at",
+           "transfer_verdicts"]
 PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
@@ -172,6 +173,22 @@ def lead_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.
     return {"lead": lead, "low": float(low), "high": float(high), "excludes_zero": bool(low > 0 or high < 0),
             "n": [len(a), len(b)],
             "confidence": confidence}
+
+
+def lead_at(rows: Sequence[Mapping[str, Any]], top: Optional[float], baselines: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """IMP minus the best baseline (by mean) at the highest matching level ``top``, with :func:`lead_interval` over
+    the row's stored runs (``<kind>_stats``); a row stored before runs were kept counts as one run each (no
+    interval). None where no baseline ran at that level."""
+    row = next((r for r in rows if top is not None and abs(r["sparsity"] - top) < 1e-6), None)
+    kinds = [kind for kind in baselines if row is not None and row.get(kind) is not None]
+    if not kinds:
+        return None
+    best = max(kinds, key=lambda kind: row[kind])
+
+    def runs(key: str) -> List[float]:
+        return list((row.get(f"{key}_stats") or {}).get("runs") or [row[key]])
+
+    return {"sparsity": top, "baseline": best, **lead_interval(runs("imp"), runs(best))}
 
 
 def transfer_verdicts(matrix: Mapping[str, Mapping[str, float]], full: Mapping[str, Mapping[str, Any]],
