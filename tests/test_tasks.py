@@ -69,6 +69,16 @@ def test_squad_windows_locate_answers_and_oracle_logits_score_100(squad_dir, min
     assert set(metrics) == {"default", "exact_match", "f1"} and 0 <= metrics["f1"] <= 100
 
 
+def test_squad_trains_with_padding_to_max_length(squad_dir, minilm_path):
+    """``padding: max_length`` pads the training windows too (the default collator stacks them unpadded)."""
+    import dataclasses
+    config = dataclasses.replace(_squad_config(squad_dir, minilm_path), padding="max_length")
+    model, tuner = prepare(config)
+    assert {len(ids) for ids in tuner.train_data["input_ids"]} == {config.max_length}
+    metrics = tuner.fit(model)
+    assert 0 <= metrics["f1"] <= 100
+
+
 def test_squad_missing_column_is_a_clear_error(squad_dir, minilm_path):
     path = squad_dir / "squad" / "train.jsonl"
     path.write_text(json.dumps({"id": "1", "context": "c", "question": "q"}))

@@ -98,8 +98,8 @@ class SquadTask:
             return self.windows(tokenizer, batch["question"], batch["context"], config.max_length,
                                 config.doc_stride, **extra)
 
-        def train_features(batch):
-            enc = windows(batch)
+        def train_features(batch):  # padded here when asked: the collator then stacks them as they are
+            enc = windows(batch, **({"padding": "max_length"} if config.padding == "max_length" else {}))
             starts, ends = [], []
             for i, offsets in enumerate(enc["offset_mapping"]):
                 answer = batch["answers"][enc["sample"][i]]
