@@ -126,3 +126,38 @@ def test_one_shot_2_4_of_theta0_and_the_config_refusal():
         ExperimentConfig(task="rte", target_sparsity=0.7, pattern="2:4").validate()
     assert ExperimentConfig(task="rte", target_sparsity=0.5, pattern="2:4").validate().run_name() != \
         ExperimentConfig(task="rte", target_sparsity=0.5).validate().run_name()
+
+
+def _semi_structured_benchmark():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "semi_structured", Path(__file__).resolve().parents[1] / "benchmarks" / "semi_structured.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_semi_structured_benchmark_times_a_model_whose_prunable_matrices_are_exactly_2_4():
+    from nni_bert_tickets.core.targets import prunable_modules
+    bench = _semi_structured_benchmark()
+    model = bench.two_four_model("tiny")
+    modules = prunable_modules(model, pooler=False)
+    assert len(modules) == 6  # q, k, v, attention output, intermediate, output of its one layer
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(0)  # the same random model, unmasked: the independent reference's input
+    original = prunable_modules(BertForSequenceClassification(BertConfig(vocab_size=30522, **bench.SHAPES["tiny"])),
+                                pooler=False)
+    reference = _reference_2_4({name: m.weight.detach() for name, m in original.items()})
+    for name, module in modules.items():  # each group of 4 consecutive input weights: its 2 largest kept
+        assert torch.equal(module.weight.detach() != 0, reference[name]), name
+    assert bool((model.bert.pooler.dense.weight != 0).all())  # the pooler stays dense
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")
+def test_the_semi_structured_benchmark_refuses_a_cpu_and_claims_no_speed_up(capsys):
+    bench = _semi_structured_benchmark()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--shapes", "tiny", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "no CPU speed-up is claimed" in capsys.readouterr().err

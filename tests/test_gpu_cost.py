@@ -1,0 +1,69 @@
+"""benchmarks/gpu_cost.py as shipped (issue 22, item 6): the timing runs the library's IMP runner on the given shape,
+the projection is the paper protocol's fine-tunings × steps × seconds a step, bad input is refused before any work."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_cost", ROOT / "benchmarks" / "gpu_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(tmp_path, *args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "benchmarks/gpu_cost.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=check, timeout=600)
+
+
+def test_the_projection_is_fine_tunings_times_steps_times_seconds_a_step():
+    gpu_cost = _module()
+    rows = {r["task"]: r for r in gpu_cost.project({"glue": {"seconds_per_step": 0.1},
+                                                    "squad": {"seconds_per_step": 0.3}}, saving=2.0)}
+    assert set(rows) == {"cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli", "squad"}
+    mnli = rows["mnli"]  # 3 epochs of 392,702 examples at batch 32; IMP 0..90 % by 10: 10 rounds; 2 more seeds;
+    assert mnli["steps_a_finetuning"] == 3 * math.ceil(392_702 / 32)  # three baselines at 70 %
+    assert (mnli["imp_rounds"], mnli["full_model_other_seeds"], mnli["baselines"]) == (10, 2, 3)
+    assert mnli["gpu_hours_full_search"] == pytest.approx(15 * 36_816 * 0.1 / 3600)
+    assert mnli["gpu_hours_cheap_search"] == pytest.approx((10 / 2 + 5) * 36_816 * 0.1 / 3600)
+    assert rows["squad"]["steps_a_finetuning"] == 2 * math.ceil(87_599 / 16)
+    assert rows["squad"]["gpu_hours_full_search"] == pytest.approx(
+        sum(rows["squad"][k] for k in ("imp_rounds", "full_model_other_seeds", "baselines"))
+        * rows["squad"]["steps_a_finetuning"] * 0.3 / 3600)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "glue" / "sst2").is_dir(), reason="needs ../shared (the GLUE copy)")
+def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path):
+    out = tmp_path / "gpu_cost.json"
+    _run(tmp_path, "--device", "cpu", "--precision", "no", "--shape", "tiny", "--kinds", "glue", "--steps", "1",
+         "--rounds", "2", "--eval-samples", "4", "--output-root", str(tmp_path / "runs"), "--json", str(out))
+    result = json.loads(out.read_text())
+    glue = result["measured"]["glue"]
+    assert [r["round"] for r in glue["rounds"]] == [0, 1] and glue["batch_size"] == 32 and glue["max_length"] == 128
+    assert glue["seconds_per_step"] == pytest.approx(glue["rounds"][1]["seconds"])  # rounds after the first, 1 step
+    assert result["projection"] is None and "--kinds glue" in result["command"]
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("imp-sst2-")]
+    trajectory = json.loads((run / "metrics.json").read_text())["trajectory"]
+    assert [r["steps"] for r in trajectory] == [1, 1] and trajectory[1]["target_sparsity"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "cpu", "--precision", "no", "--rounds", "1"], "--rounds must be >= 2"),
+    (["--device", "cpu", "--precision", "bf16"], "--precision bf16 on --device cpu"),
+    (["--device", "cpu", "--precision", "no", "--steps", "0"], "--steps must be >= 1"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
+    done = _run(tmp_path, *args, "--output-root", str(tmp_path / "runs"), check=False)
+    assert done.returncode == 2 and message in done.stderr and not (tmp_path / "runs").exists()
