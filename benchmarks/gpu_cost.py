@@ -71,6 +71,7 @@ def measure(kind: str, model: Path, args) -> Dict[str, Any]:
     yaml_name, task = KINDS[kind]
     settings = load_yaml(PAPER / yaml_name)
     overrides = dict(task=task, model=str(model), max_steps=args.steps, max_eval_samples=args.eval_samples,
+                     max_train_samples=args.train_samples,
                      target_sparsity=round(settings.get("step", 0.1) * (args.rounds - 1), 6), padding="max_length",
                      output_root=args.output_root, seeds=1, experiment="imp", report_to=[],
                      baseline_sparsities=None, baseline_offsets=None)
@@ -133,6 +134,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps a timed round")
     parser.add_argument("--rounds", type=int, default=3, help="IMP rounds to time (round 0 is dense; >= 2)")
     parser.add_argument("--eval-samples", type=int, default=256, help="dev examples each round evaluates")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="tokenise only the first N training examples (default: all; tests use a few)")
     parser.add_argument("--tokenizer", type=Path, default=ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2",
                         help="a folder with a BERT uncased WordPiece tokenizer")
     parser.add_argument("--glue-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")

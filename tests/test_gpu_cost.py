@@ -48,7 +48,7 @@ def test_the_projection_is_fine_tunings_times_steps_times_seconds_a_step():
 def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path):
     out = tmp_path / "gpu_cost.json"
     _run(tmp_path, "--device", "cpu", "--precision", "no", "--shape", "tiny", "--kinds", "glue", "--steps", "1",
-         "--rounds", "2", "--eval-samples", "4", "--output-root", str(tmp_path / "runs"), "--json", str(out))
+         "--rounds", "2", "--eval-samples", "4", "--train-samples", "64", "--output-root", str(tmp_path / "runs"), "--json", str(out))
     result = json.loads(out.read_text())
     glue = result["measured"]["glue"]
     assert [r["round"] for r in glue["rounds"]] == [0, 1] and glue["batch_size"] == 32 and glue["max_length"] == 128

@@ -27,7 +27,7 @@ def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path):
     config.write_text(yaml.safe_dump({
         "experiment": "table2", "task": "wnli", "model": str(SHARED / "models" / "all-MiniLM-L6-v2"),
         "data_dir": str(SHARED / "data" / "glue"), "max_train_samples": 32, "max_eval_samples": 16, "batch_size": 16,
-        "max_length": 32, "max_steps": 6, "target_sparsity": 0.3, "step": 0.1, "head": "rewind", "prune_pooler": False,
+        "max_length": 32, "max_steps": 6, "target_sparsity": 0.2, "step": 0.1, "head": "rewind", "prune_pooler": False,
         "seeds": 2, "verdict_seeds": 2, "baselines": ["random_pruning"], "baseline_offsets": [0], "seed": 42,
         "output_root": str(store)}))
     out = tmp_path / "cost.json"
@@ -38,7 +38,7 @@ def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path):
     (task,) = json.loads(out.read_text())["tasks"]
     full, cheap = task["full_search"], task["cheap_search"]
     assert task["one_finetuning_steps"] == 6
-    assert full["imp_run_steps"] == 4 * 6 and cheap["imp_run_steps"] == 3 * 4 + 6
+    assert full["imp_run_steps"] == 3 * 6 and cheap["imp_run_steps"] == 2 * 4 + 6
     units = {kind: len([p for p in store.iterdir() if p.name.startswith(kind + "-")])
              for kind in ("full", "imp_fresh_head", "random_pruning")}
     assert full["trainings"]["full_model"] == cheap["trainings"]["full_model"] == units["full"] == 2  # shared
