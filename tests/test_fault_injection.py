@@ -70,14 +70,14 @@ def test_sigkill_and_sigterm_at_random_moments_then_resume_equals_an_uninterrupt
     # a run killed after faster loading (a warm dataset cache, less load beside it) still dies at least 3 times.
     rng = random.Random(2024)
     kills = 0
-    for attempt in range(20):  # each try resumes where the last one was killed; SIGTERM and SIGKILL in turn
+    for attempt in range(6):  # each try resumes where the last one was killed; SIGTERM and SIGKILL in turn
         sig = (signal.SIGTERM, signal.SIGKILL)[attempt % 2]
         code = _run(tmp_path / "killed.yaml", env, kill_after=loading + rng.uniform(0.0, 0.2) * work, sig=sig)
         if code == 0:
             break
         assert code == -sig  # a SIGTERM still ends the process as SIGTERM does (after its step checkpoint)
         kills += 1
-    assert kills >= 3, "the kills came too late to interrupt the run"
+    assert kills >= 3, "the kills came too late to interrupt the run"  # up to 3 SIGTERMs and 3 SIGKILLs
     assert _run(tmp_path / "killed.yaml", env) == 0  # to the end (a no-op if the last try finished)
 
     (straight_dir,) = [p for p in (tmp_path / "straight").iterdir() if p.name.startswith("imp-")]
