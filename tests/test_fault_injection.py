@@ -14,22 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from conftest import tiny_checkpoint
 from nni_bert_tickets.core.ticket import Ticket
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model(path: Path, minilm_path: str) -> str:
-    """A 2-layer BERT with the embedded model's tokenizer, saved as a pre-trained checkpoint (a run is seconds)."""
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def _run(config: Path, env, kill_after=None, watch: Path = None, sig=signal.SIGKILL) -> int:
@@ -52,7 +41,7 @@ def _run(config: Path, env, kill_after=None, watch: Path = None, sig=signal.SIGK
 
 
 def test_sigkill_and_sigterm_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path, minilm_path, glue_dir):
-    model = _tiny_model(tmp_path / "model", minilm_path)
+    model = tiny_checkpoint(tmp_path / "model", minilm_path)
     settings = dict(task="wnli", model=model, data_dir=glue_dir, max_train_samples=64, max_eval_samples=16,
                     max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.4, step=0.1,
                     checkpoint_steps=3, seed=11, log_level="WARNING")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from test_fault_injection import _tiny_model
+from conftest import tiny_checkpoint
 from nni_bert_tickets.core.locks import HOLDER_FILE, LOCK_FILE
 from nni_bert_tickets.experiments.tables import cached
 
@@ -48,7 +48,7 @@ def _wait_for(condition, what, timeout=300):
 
 
 def test_two_processes_on_one_imp_run_train_it_once_and_both_get_its_results(tmp_path, minilm_path, glue_dir):
-    model = _tiny_model(tmp_path / "model", minilm_path)
+    model = tiny_checkpoint(tmp_path / "model", minilm_path)
     config = tmp_path / "imp.yaml"
     config.write_text(yaml.safe_dump(dict(
         task="wnli", model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16, max_length=48,

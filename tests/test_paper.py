@@ -1,4 +1,5 @@
-"""The paper's experiments at a tiny budget on the embedded model: reuse of runs, verdicts, the report."""
+"""The paper's experiments at a tiny budget (a 2-layer model with the embedded tokenizer, real data): reuse of runs,
+verdicts, the report."""
 import dataclasses
 import json
 import logging
@@ -7,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from conftest import SHARED
+from conftest import SHARED, tiny_checkpoint
 from nni_bert_tickets.experiments import report
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.tables import imp_ticket, table2, table3, transfer
@@ -26,6 +27,12 @@ def counted(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def tiny_path(tmp_path_factory, minilm_path):
+    """The experiments' logic needs no 6-layer model: a 2-layer one with the same tokenizer (SQuAD takes 96 tokens)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"), minilm_path, positions=128)
+
+
 def _config(tmp_path, minilm_path, glue_dir, **overrides):
     settings = dict(task="wnli", model=minilm_path, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16,
                     batch_size=16, max_steps=1, max_length=32, target_sparsity=0.2, step=0.1, seeds=2,
@@ -37,8 +44,8 @@ def _config(tmp_path, minilm_path, glue_dir, **overrides):
     return ExperimentConfig(**settings).validate()
 
 
-def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, counted):
-    config = _config(tmp_path, minilm_path, glue_dir)
+def test_tables_share_runs_and_never_recompute(tmp_path, tiny_path, glue_dir, counted):
+    config = _config(tmp_path, tiny_path, glue_dir)
     t2 = table2(config)
     assert len(counted) == 2 + 3 + 3  # 2 full-model seeds, IMP rounds 0/0.1/0.2, 3 baselines at 0.2
     assert [r["sparsity"] for r in t2["rows"]] == [0.1, 0.2]
@@ -51,7 +58,7 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     assert t2["highest_winning_sparsity"] == (max(winners) if winners else None)
 
     counted.clear()  # head carried across rounds: the IMP row is the mask retrained from θ0 with a fresh head
-    kept = table2(_config(tmp_path, minilm_path, glue_dir, head="keep", baselines=["random_pruning"]))
+    kept = table2(_config(tmp_path, tiny_path, glue_dir, head="keep", baselines=["random_pruning"]))
     assert len(counted) == 3 + 2 + 1  # its own IMP run, imp_fresh_head at both levels, one baseline; full reused
     assert all("imp_carried_head" in r for r in kept["rows"]) and kept["imp_row"].startswith("IMP mask retrained")
     assert "imp_carried_head" not in t2["rows"][0] and t2["imp_row"].startswith("head rewound")
@@ -66,7 +73,7 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
 
     counted.clear()  # a SQuAD source comes from its own config (its own length, the dev set re-split)
     squad = tmp_path / "squad.yaml"
-    squad.write_text(yaml.safe_dump(dict(task="squad", model=minilm_path, data_dir=str(SHARED / "data"),
+    squad.write_text(yaml.safe_dump(dict(task="squad", model=tiny_path, data_dir=str(SHARED / "data"),
                                          squad_train_articles=38, max_train_samples=24, max_eval_samples=8,
                                          max_length=96, doc_stride=32, batch_size=8, max_steps=1,
                                          target_sparsity=0.2, step=0.1)))
@@ -87,7 +94,7 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     assert counted == []  # everything is cached
 
     imp_ticket(config, 0.1).save(tmp_path / "shared-ticket.safetensors")  # a ticket file is a source too
-    rewound = _config(tmp_path, minilm_path, glue_dir, rewind=1, transfer_tasks=["wnli"],
+    rewound = _config(tmp_path, tiny_path, glue_dir, rewind=1, transfer_tasks=["wnli"],
                       transfer_sources=[str(tmp_path / "shared-ticket.safetensors")])
     fig4 = transfer(rewound)  # Figure 4: tickets found with rewinding carry θ1 of the source into the target
     assert fig4["rewind"] == 1 and imp_ticket(rewound, 0.1).weights is not None
@@ -104,12 +111,12 @@ def test_tables_share_runs_and_never_recompute(tmp_path, minilm_path, glue_dir, 
     assert saved["rows"] == t2["rows"]
 
 
-def test_glue_tickets_transfer_onto_squad_and_mlm_targets(tmp_path, minilm_path, glue_dir, caplog):
+def test_glue_tickets_transfer_onto_squad_and_mlm_targets(tmp_path, tiny_path, glue_dir, caplog):
     """GLUE → SQuAD/MLM inside the transfer experiment (the other direction is in the test above): a WNLI ticket
     (with a pooler mask) and the SQuAD and MLM tickets, each trained on SQuAD and on MLM with a fresh head."""
     squad = dict(data_dir=str(SHARED / "data"), squad_train_articles=38, max_train_samples=24, max_eval_samples=8,
                  max_length=96, doc_stride=32, batch_size=8)
-    config = _config(tmp_path, minilm_path, glue_dir, experiment="transfer", target_sparsity=0.1,
+    config = _config(tmp_path, tiny_path, glue_dir, experiment="transfer", target_sparsity=0.1,
                      baseline_sparsities=[0.1],
                      transfer_tasks=["squad", "mlm"], transfer_sources=["wnli"], task_overrides={"squad": squad})
     with caplog.at_level(logging.INFO):

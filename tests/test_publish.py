@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from test_fault_injection import _tiny_model
+from conftest import tiny_checkpoint
 from nni_bert_tickets import Ticket
 from nni_bert_tickets.core.hub import read_card
 from nni_bert_tickets.experiments.config import ExperimentConfig
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, minilm_path, glue_dir):
     root = tmp_path_factory.mktemp("store")
-    model = _tiny_model(root / "model", minilm_path)
+    model = tiny_checkpoint(root / "model", minilm_path)
     base = dict(model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=32, max_length=48,
                 batch_size=8, max_steps=2, learning_rate=1e-3, target_sparsity=0.3, step=0.1, head="rewind",
                 seed=1, seeds=2, baselines=[], output_root=str(root / "runs"), log_level="WARNING")

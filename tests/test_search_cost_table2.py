@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_fault_injection import _tiny_model
+from conftest import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -26,7 +26,7 @@ def _run(*args, check=True):
 def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path):
     store = tmp_path / "runs"
     config = tmp_path / "table2-wnli.yaml"
-    model = _tiny_model(tmp_path / "model", str(SHARED / "models" / "all-MiniLM-L6-v2"))  # a unit is a second
+    model = tiny_checkpoint(tmp_path / "model", str(SHARED / "models" / "all-MiniLM-L6-v2"))  # a unit is a second
     config.write_text(yaml.safe_dump({
         "experiment": "table2", "task": "wnli", "model": model,
         "data_dir": str(SHARED / "data" / "glue"), "max_train_samples": 32, "max_eval_samples": 16, "batch_size": 16,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from test_fault_injection import _tiny_model
+from conftest import tiny_checkpoint
 from nni_bert_tickets.experiments.cli import parse_args
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import run_imp
@@ -23,7 +23,7 @@ def published(tmp_path_factory):
     from conftest import GLUE, MINILM
     minilm_path, glue_dir = str(MINILM), str(GLUE)
     root = tmp_path_factory.mktemp("ticket")
-    base = dict(model=_tiny_model(root / "model", minilm_path), data_dir=glue_dir, max_train_samples=32,
+    base = dict(model=tiny_checkpoint(root / "model", minilm_path), data_dir=glue_dir, max_train_samples=32,
                 max_eval_samples=32, max_length=48, batch_size=8, max_steps=2, learning_rate=1e-3,
                 target_sparsity=0.2, step=0.1, head="rewind", seed=1, log_level="WARNING")
     config = ExperimentConfig(task="rte", output_root=str(root / "search"), **base).validate()
