@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import tiny_bert, toy_evaluator
+from conftest import tiny_bert, tiny_checkpoint, toy_evaluator
 from nni_bert_tickets import IMPPruner, bert_config_list
 from nni_bert_tickets.experiments.cli import parse_args
 from nni_bert_tickets.experiments.config import ExperimentConfig
@@ -144,6 +144,7 @@ def test_early_stopped_run_resumes_mid_round_to_the_same_stop_and_logs_to_tensor
                                                                                       glue_dir, monkeypatch):
     """FineTuner stops a search round when told; a kill inside a search round resumes from the step checkpoint,
     with the watch's state, to the same stop, masks and metrics. The uninterrupted run logs to TensorBoard."""
+    minilm_path = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path)  # the logic needs no 6-layer model
     straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, report_to=["tensorboard"]))
     search = straight["trajectory"][:-1]
     assert all(r["early_stopped"] and r["steps"] < 8 and r["metric"] is None for r in search)
