@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import kill_training_at_call
+from conftest import kill_training_at_call, tiny_checkpoint
 import torch
 
 from nni_bert_tickets.experiments.config import ExperimentConfig
@@ -107,6 +107,7 @@ def test_kill_mid_round_resumes_from_the_step_checkpoint(rewind, kill_at, kept, 
     replaying the interrupted pass over the data: masks and metrics equal an uninterrupted run's. Rounds take
     4 steps and checkpoints come every 2: step 7 is round 1's third; with θ1 rewinding, step 3 is in round 0,
     after the θ1 snapshot was taken. ``kept``: the steps done when the last checkpoint was saved."""
+    minilm_path = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path, positions=128)  # no 6-layer model needed
     original, losses = FineTuner.training_step, {"a": [], "b": []}
 
     def recording(run, kill_at=None):
