@@ -88,6 +88,8 @@ def test_table2_trains_only_the_levels_top_down_needs(tmp_path, minilm_path, glu
     from nni_bert_tickets.experiments.report import render
     from nni_bert_tickets.experiments.tables import table2
 
+    from conftest import tiny_checkpoint
+    minilm_path = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path)  # the verdict logic needs no 6-layer model
     # a fresh head: no IMP round is a verdict of its own, so every trained level is an extra training from θ0
     config = ExperimentConfig(task="wnli", model=minilm_path, data_dir=glue_dir, max_train_samples=32,
                               max_eval_samples=16, batch_size=16, max_steps=1, max_length=32, target_sparsity=0.4,

@@ -55,6 +55,8 @@ def test_table2_trains_seeds_at_the_decisive_levels(tmp_path, minilm_path, glue_
     from nni_bert_tickets.experiments.config import ExperimentConfig
     from nni_bert_tickets.experiments.tables import table2
 
+    from conftest import tiny_checkpoint
+    minilm_path = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path)  # the verdict logic needs no 6-layer model
     config = ExperimentConfig(task="wnli", model=minilm_path, data_dir=glue_dir, max_train_samples=32,
                               max_eval_samples=16, batch_size=16, max_steps=1, max_length=32, target_sparsity=0.2,
                               step=0.1, seeds=2, verdict_seeds=2, baselines=["random_pruning"],
