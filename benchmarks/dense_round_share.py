@@ -8,7 +8,6 @@ mean and std) are the same in both and counted apart.
     python benchmarks/dense_round_share.py --json docs/results/dense_round_share.json
 """
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
