@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def _module():
@@ -44,10 +43,10 @@ def test_the_projection_is_fine_tunings_times_steps_times_seconds_a_step():
         * rows["squad"]["steps_a_finetuning"] * 0.3 / 3600)
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "glue" / "sst2").is_dir(), reason="needs ../shared (the GLUE copy)")
-def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path):
+def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path, minilm_path, glue_dir):
     out = tmp_path / "gpu_cost.json"
-    _run(tmp_path, "--device", "cpu", "--precision", "no", "--shape", "tiny", "--kinds", "glue", "--steps", "1",
+    _run(tmp_path, "--tokenizer", minilm_path, "--glue-dir", glue_dir,
+         "--device", "cpu", "--precision", "no", "--shape", "tiny", "--kinds", "glue", "--steps", "1",
          "--rounds", "2", "--eval-samples", "4", "--train-samples", "64", "--output-root", str(tmp_path / "runs"), "--json", str(out))
     result = json.loads(out.read_text())
     glue = result["measured"]["glue"]

@@ -154,8 +154,7 @@ def test_the_semi_structured_benchmark_times_a_model_whose_prunable_matrices_are
     assert bool((model.bert.pooler.dense.weight != 0).all())  # the pooler stays dense
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a CUDA GPU")
-def test_the_semi_structured_benchmark_refuses_a_cpu_and_claims_no_speed_up(capsys):
+def test_the_semi_structured_benchmark_refuses_a_cpu_and_claims_no_speed_up(capsys):  # with or without a GPU
     bench = _semi_structured_benchmark()
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--shapes", "tiny", "--device", "cpu"])

@@ -12,7 +12,6 @@ import yaml
 from conftest import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 def _run(*args, check=True):
@@ -22,14 +21,13 @@ def _run(*args, check=True):
                           capture_output=True, text=True, check=check, timeout=900)
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "glue" / "wnli").is_dir(), reason="needs ../shared (GLUE, the model)")
-def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path):
+def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path, minilm_path, glue_dir):
     store = tmp_path / "runs"
     config = tmp_path / "table2-wnli.yaml"
-    model = tiny_checkpoint(tmp_path / "model", str(SHARED / "models" / "all-MiniLM-L6-v2"))  # a unit is a second
+    model = tiny_checkpoint(tmp_path / "model", minilm_path)  # a unit is a second
     config.write_text(yaml.safe_dump({
         "experiment": "table2", "task": "wnli", "model": model,
-        "data_dir": str(SHARED / "data" / "glue"), "max_train_samples": 32, "max_eval_samples": 16, "batch_size": 16,
+        "data_dir": glue_dir, "max_train_samples": 32, "max_eval_samples": 16, "batch_size": 16,
         "max_length": 32, "max_steps": 6, "target_sparsity": 0.2, "step": 0.1, "head": "rewind", "prune_pooler": False,
         "seeds": 2, "verdict_seeds": 2, "baselines": ["random_pruning"], "baseline_offsets": [0], "seed": 42,
         "output_root": str(store)}))

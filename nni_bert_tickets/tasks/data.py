@@ -1,4 +1,5 @@
-"""What every task shares: the data error, local jsonl splits, sample limits, collators and batching."""
+"""What every task shares: the data error, local jsonl splits, sample limits, collators, batching, and loading a
+pre-trained body under a new task head."""
 from __future__ import annotations
 
 import contextlib
