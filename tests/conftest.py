@@ -24,14 +24,15 @@ def tiny_bert(seed: int = 0, layers: int = 2, num_labels: int = 2) -> BertForSeq
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_checkpoint(path: Path, minilm_path: str, positions: int = 64) -> str:
+def tiny_checkpoint(path: Path, minilm_path: str, positions: int = 64, hidden: int = 32, intermediate: int = 64) -> str:
     """A 2-layer BERT (hidden 32) with the embedded model's tokenizer, saved as a pre-trained checkpoint: a run
-    through the real runner and data takes seconds. ``positions``: the longest input it takes."""
+    through the real runner and data takes seconds. ``positions``: the longest input it takes; ``hidden`` and
+    ``intermediate``: its matrix sizes, where a test needs larger ones (block pruning)."""
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=positions)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=intermediate, max_position_embeddings=positions)
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

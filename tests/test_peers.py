@@ -1,5 +1,6 @@
-"""benchmarks/peers.py as shipped: every pruner runs on the embedded model and real MRPC rows on a tiny budget, the
-evaluated models are as sparse as asked (read from their zeros), steps are counted, bad input is refused first."""
+"""benchmarks/peers.py as shipped: every pruner runs through the shipped MRPC config and real MRPC rows on a tiny
+budget (the config's model swapped for a 2-layer BERT whose matrices hold whole 32x32 blocks), the evaluated models
+are as sparse as asked (read from their zeros), steps are counted, bad input is refused first."""
 import importlib.util
 import json
 import os
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"
-DATA = ROOT.parent / "shared" / "data" / "glue" / "mrpc"
-needs_shared = pytest.mark.skipif(not (MODEL.is_dir() and DATA.is_dir()),
-                                  reason="the embedded model and GLUE copy (../shared) are not here")
+CONFIG = ROOT / "examples" / "configs" / "cpu" / "table2-mrpc.yaml"
 
 
 def _peers(tmp_path, *args):
@@ -25,10 +25,23 @@ def _peers(tmp_path, *args):
                           cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=900)
 
 
-@needs_shared
-def test_every_method_on_a_tiny_budget(tmp_path):
-    _peers(tmp_path, "--sparsities", "0.2", "--max-train-samples", "32", "--max-eval-samples", "16",
-           "--max-steps", "2")
+def _tiny_config(tmp_path, minilm_path, glue_dir) -> str:
+    """The shipped config with a 2-layer model of hidden 160 / intermediate 320 (5 and 10 blocks of 32 a side, so
+    20 % of the blocks is a whole number in every matrix) and absolute paths: the method logic needs no 6-layer model."""
+    model = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path, positions=128, hidden=160, intermediate=320)
+    lines = [f"model: {model}" if line.startswith("model:") else f"data_dir: {glue_dir}"
+             if line.startswith("data_dir:") else line for line in CONFIG.read_text().splitlines()]
+    assert sum(line.startswith(("model:", "data_dir:")) for line in CONFIG.read_text().splitlines()) == 2
+    path = tmp_path / "table2-mrpc.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
+    config = _tiny_config(tmp_path, minilm_path, glue_dir)
+    budget = ("--config", config, "--sparsities", "0.2", "--max-train-samples", "32", "--max-eval-samples", "16",
+              "--max-steps", "2")
+    _peers(tmp_path, *budget)
     result = json.loads((tmp_path / "peers.json").read_text())
     assert "benchmarks/peers.py" in result["command"] and "--max-steps 2" in result["command"]
     assert result["one_finetuning_steps"] == 2
@@ -51,8 +64,7 @@ def test_every_method_on_a_tiny_budget(tmp_path):
     # IMP and standard pruning count their search: rounds 0..2 (0 %, 10 %, 20 %) of 2 steps each
     assert steps["imp"] == steps["standard"] == 3 * 2
     # a second call reads every unit back from the run store: same numbers, nothing retrained
-    again = _peers(tmp_path, "--sparsities", "0.2", "--max-train-samples", "32", "--max-eval-samples", "16",
-                   "--max-steps", "2")
+    again = _peers(tmp_path, *budget)
     assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
     assert json.loads((tmp_path / "peers.json").read_text())["methods"] == result["methods"]
     png = tmp_path / "peers.png"
