@@ -33,7 +33,6 @@ import os
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -51,6 +50,7 @@ from nni_bert_tickets.experiments.tables import cached
 from nni_bert_tickets.tasks import get_task
 
 from nni_speedup import nni_modelspeedup  # noqa: E402  (benchmarks/ is the script's folder)
+from timing import time_models, timing_batches  # noqa: E402
 
 _log = logging.getLogger("structured_peers")
 WEIGHTS = "model.safetensors"
@@ -247,39 +247,6 @@ def peer_unit(config: ExperimentConfig, seed: int, h: float, c: float, importanc
 
 
 # ---- timing -------------------------------------------------------------------------------------------------
-def timing_batches(tuner, length: int, examples: int, batch_sizes: List[int]) -> Dict[int, List[Dict]]:
-    """The first ``examples`` validation inputs padded to ``length``, split into batches of each size."""
-    data = tuner.eval_data[tuner.task.eval_splits[0]]
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in data.column_names]
-    rows = [{k: data[i % len(data)][k][:length] for k in keys} for i in range(examples)]
-    padded = tuner.tokenizer.pad(rows, padding="max_length", max_length=length, return_tensors="pt")
-    return {b: [{k: v[i:i + b] for k, v in padded.items()} for i in range(0, examples, b)] for b in batch_sizes}
-
-
-def time_models(models: Dict[str, torch.nn.Module], batches: Dict[int, List[Dict]], repeats: int,
-                threads: int) -> Dict[str, Dict[int, float]]:
-    """Median seconds per forward of each batch size, repeats interleaved over the models (order rotated)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    names = list(models)
-    samples = {n: {b: [] for b in batches} for n in names}
-    try:
-        with torch.inference_mode():
-            for model in models.values():  # warm-up
-                for chunks in batches.values():
-                    model.eval()(**chunks[0])
-            for r in range(repeats):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    for b, chunks in batches.items():
-                        start = time.perf_counter()
-                        for chunk in chunks:
-                            models[name](**chunk)
-                        samples[name][b].append((time.perf_counter() - start) / len(chunks))
-    finally:
-        torch.set_num_threads(previous)
-    return {n: {b: statistics.median(v) for b, v in s.items()} for n, s in samples.items()}
-
-
 def _rebuild(base, example, result: Dict[str, Any], run_dir: Path):
     ticket = StructuredTicket(result["heads"], result["channels"], result["head_size"])
     model = structured_ticket_model(base, ticket, example)
