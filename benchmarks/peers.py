@@ -13,13 +13,18 @@ one fine-tuning's budget being T optimizer steps:
 * ``oneshot``: one-shot global magnitude pruning of θ0, then one fine-tuning (the runner's ``oneshot`` baseline unit);
 * ``standard``: standard pruning, IMP without rewinding (the runner's IMP run with ``rewind: null``);
 * ``imp``: the IMP ticket f(x; m ⊙ θ0, γ0) (the Table 2 IMP run; further seeds retrain its mask from θ0 as
-  Table 2's verdict seeds do).
+  Table 2's verdict seeds do);
+* ``imp_2:4`` / ``oneshot_2:4``: the same two with the 2:4 pattern (``pattern: "2:4"``: at most 2 of every 4
+  consecutive input weights of a row pruned, so the mask is exactly 2:4 at 50 %); rows at 50 % only, beside the
+  unstructured 50 % ticket. Accuracy only: no CPU speed-up is claimed (``benchmarks/semi_structured.py`` times 2:4 on
+  a GPU).
 
 Every (method, sparsity, seed) is a unit of the run store (``cached``): an interrupted benchmark resumes at the first
 unfinished unit, and runs the Table 2 / Table 3 runner already finished are read, not retrained. Steps are counted:
 the optimizer steps the peer took, and for IMP and standard pruning every round up to that level (the search).
 
     python benchmarks/peers.py --task mrpc --sparsities 0.5 0.7 0.9 --seeds 1
+    python benchmarks/peers.py --task mrpc --sparsities 0.5 --methods imp imp_2:4 oneshot oneshot_2:4 --seeds 3
     python benchmarks/peers.py --plot docs/results/peers-mrpc.json   # accuracy against sparsity, steps in the legend
 """
 from __future__ import annotations
@@ -89,8 +94,17 @@ PEERS = {
 }
 RUNNER = {"oneshot": "one-shot magnitude pruning of θ0, then fine-tuning",
           "standard": "standard pruning (IMP, no rewind)",
-          "imp": "IMP ticket f(x; m ⊙ θ0, γ0)"}
+          "imp": "IMP ticket f(x; m ⊙ θ0, γ0)",
+          "oneshot_2:4": "one-shot 2:4 magnitude mask of θ0, then fine-tuning",
+          "imp_2:4": "IMP ticket ending on a 2:4 mask, f(x; m ⊙ θ0, γ0)"}
 METHODS = [*PEERS, *RUNNER]
+NM_SPARSITY = 0.5  # a 2:4 mask prunes exactly 1 - 2/4: the _2:4 methods have rows there only
+
+
+def _split(method: str):
+    """``imp_2:4`` -> ("imp", "2:4"); ``imp`` -> ("imp", None)."""
+    base, _, pattern = method.partition("_")
+    return (base, pattern) if pattern in ("2:4",) else (method, None)
 
 
 def zero_sparsity(model) -> float:
@@ -151,6 +165,9 @@ def _runner(config: ExperimentConfig, method: str, sparsity: float, seed: int, t
             accelerator=None):
     """A unit of the existing runner: the one-shot baseline (``finetuning`` steps: it is one fine-tuning), or the
     IMP run (rewound or standard) at a level."""
+    method, pattern = _split(method)
+    if pattern:  # an N:M IMP run stops at the pattern's sparsity
+        config, top = dataclasses.replace(config, pattern=pattern), NM_SPARSITY
     if method == "oneshot":
         result = baseline(config, "oneshot", sparsity, accelerator, seed=seed)
         return {**result, "steps": finetuning, "sparsity_from": "the ticket's mask (runner unit)"}
@@ -169,11 +186,22 @@ def _runner(config: ExperimentConfig, method: str, sparsity: float, seed: int, t
     return out
 
 
-def check(methods: List[str], sparsities: List[float], seeds: int, config: ExperimentConfig) -> None:
-    """Refuse bad input before any training, naming the setting."""
+def sparsities_of(method: str, sparsities: List[float]) -> List[float]:
+    """The sparsities a method has rows at: all asked, or for an N:M method only its pattern's own."""
+    return [s for s in sparsities if abs(s - NM_SPARSITY) < 1e-9] if _split(method)[1] else list(sparsities)
+
+
+def check(methods: List[str], sparsities: List[float], seeds: int, config: ExperimentConfig,
+          named: bool = True) -> None:
+    """Refuse bad input before any training, naming the setting. ``named``: the methods were asked for by name
+    (an N:M method without its sparsity is then refused; the default list just leaves it out)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"--methods: unknown method(s) {unknown}; known: {METHODS}")
+    idle = [m for m in methods if not sparsities_of(m, sparsities)]
+    if named and idle:
+        raise SystemExit(f"--methods {' '.join(idle)}: a 2:4 mask is exactly {NM_SPARSITY:g} sparse; add "
+                         f"{NM_SPARSITY:g} to --sparsities")
     for s in sparsities:
         if not 0.0 < s < 1.0:
             raise SystemExit(f"--sparsities: {s} is outside (0, 1)")
@@ -197,7 +225,8 @@ def run(args) -> Dict[str, Any]:
     overrides = {k: getattr(args, k) for k in ("max_train_samples", "max_eval_samples", "max_steps", "output_root")
                  if getattr(args, k) is not None}
     config = dataclasses.replace(ExperimentConfig(**values), prune_pooler=False, **overrides).validate()
-    check(args.methods, args.sparsities, args.seeds, config)
+    named, methods = args.methods is not None, args.methods or METHODS
+    check(methods, args.sparsities, args.seeds, config, named)
     top = max(args.sparsities)
     finetuning = prepare(config)[1].num_training_steps()  # T: one fine-tuning's optimizer steps
     out = Path(args.json or f"docs/results/peers-{config.task}.json")
@@ -206,11 +235,11 @@ def run(args) -> Dict[str, Any]:
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "nni": nni.__version__},
               "one_finetuning_steps": finetuning, "sparsities": args.sparsities, "seeds": args.seeds, "methods": {}}
-    for method in args.methods:
+    for method in (m for m in methods if sparsities_of(m, args.sparsities)):
         entry = {"what": PEERS[method][2] if method in PEERS else RUNNER[method],
                  "budget": PEERS[method][1] if method in PEERS else None, "rows": []}
         result["methods"][method] = entry
-        for s in args.sparsities:
+        for s in sparsities_of(method, args.sparsities):
             runs, error = [], None
             for i in range(args.seeds):
                 try:
@@ -268,7 +297,8 @@ def main(argv=None):
     parser.add_argument("--task", default="mrpc")
     parser.add_argument("--config", help="default: examples/configs/cpu/table2-<task>.yaml")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
-    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"any of {METHODS}")
+    parser.add_argument("--methods", nargs="+", help=f"any of {METHODS} (default: all; the 2:4 ones where "
+                        f"--sparsities has {NM_SPARSITY:g})")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per (method, sparsity): config seed, +1, ...")
     parser.add_argument("--json", help="default: docs/results/peers-<task>.json")
     parser.add_argument("--output-root", help="the run store (default: the config's output_root)")

@@ -111,7 +111,8 @@ def test_the_runner_shares_round_zero_by_exactly_what_it_depends_on(tmp_path, mi
     import dataclasses
     import json
     from nni_bert_tickets.experiments.config import ExperimentConfig
-    from nni_bert_tickets.experiments.imp_run import dense_round_dir, run_imp
+    from nni_bert_tickets.experiments.imp_run import dense_round_dir, imp_run_dir, run_imp
+    from nni_bert_tickets.experiments.tables import ticket_at
     from nni_bert_tickets.training.loop import FineTuner
     calls = []
     train = FineTuner.train
@@ -135,6 +136,17 @@ def test_the_runner_shares_round_zero_by_exactly_what_it_depends_on(tmp_path, mi
     expected = run_imp(alone)
     assert len(calls) == 5 and not list((tmp_path / "alone").glob("dense-*"))
     assert json.dumps(shared["trajectory"]) == json.dumps(expected["trajectory"])
+    # an N:M pattern acts only when pruning, after round 0: a 2:4 run reads the unstructured runs' round 0 back
+    nm = dataclasses.replace(half, pattern="2:4")
+    assert dense_round_dir(nm) == dense_round_dir(config) and nm.run_name() != half.run_name()
+    nm_shared = run_imp(nm)
+    assert len(calls) == 6  # its round 1 only
+    nm_alone = run_imp(dataclasses.replace(nm, output_root=str(tmp_path / "alone"), share_dense_round=False))
+    assert len(calls) == 8
+    assert json.dumps(nm_shared["trajectory"]) == json.dumps(nm_alone["trajectory"])
+    masks = [ticket_at(imp_run_dir(c), 0.1).masks for c in (nm, dataclasses.replace(nm, output_root=alone.output_root))]
+    assert masks[0].keys() == masks[1].keys() and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert all(bool((m.reshape(-1, 4).sum(dim=1) >= 2).all()) for m in masks[0].values())  # nested in a 2:4 mask
     # a run outside Table 3 keeps round 0 but takes no snapshot of rewind_points (each is a full parameter copy)
     plain = dataclasses.replace(config, experiment="imp", output_root=str(tmp_path / "plain"))
     run_imp(plain)

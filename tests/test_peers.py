@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_checkpoint
+from nni_bert_tickets.experiments.tables import ticket_at
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "configs" / "cpu" / "table2-mrpc.yaml"
@@ -26,9 +27,9 @@ def _peers(tmp_path, *args):
 
 
 def _tiny_config(tmp_path, minilm_path, glue_dir) -> str:
-    """The shipped config with a 2-layer model of hidden 160 / intermediate 320 (5 and 10 blocks of 32 a side, so
-    20 % of the blocks is a whole number in every matrix) and absolute paths: the method logic needs no 6-layer model."""
-    model = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path, positions=128, hidden=160, intermediate=320)
+    """The shipped config with a 2-layer model of hidden 128 / intermediate 256 (4 and 8 blocks of 32 a side, so
+    half the blocks is a whole number in every matrix) and absolute paths: the method logic needs no 6-layer model."""
+    model = tiny_checkpoint(tmp_path / "tiny-bert", minilm_path, positions=128, hidden=128, intermediate=256)
     lines = [f"model: {model}" if line.startswith("model:") else f"data_dir: {glue_dir}"
              if line.startswith("data_dir:") else line for line in CONFIG.read_text().splitlines()]
     assert sum(line.startswith(("model:", "data_dir:")) for line in CONFIG.read_text().splitlines()) == 2
@@ -39,14 +40,14 @@ def _tiny_config(tmp_path, minilm_path, glue_dir) -> str:
 
 def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     config = _tiny_config(tmp_path, minilm_path, glue_dir)
-    budget = ("--config", config, "--sparsities", "0.2", "--max-train-samples", "32", "--max-eval-samples", "16",
+    budget = ("--config", config, "--sparsities", "0.5", "--max-train-samples", "32", "--max-eval-samples", "16",
               "--max-steps", "2")
     _peers(tmp_path, *budget)
     result = json.loads((tmp_path / "peers.json").read_text())
     assert "benchmarks/peers.py" in result["command"] and "--max-steps 2" in result["command"]
     assert result["one_finetuning_steps"] == 2
     expected = {"movement", "movement_3x", "movement_block", "movement_block_3x", "gradual_magnitude", "oneshot",
-                "standard", "imp"}
+                "standard", "imp", "oneshot_2:4", "imp_2:4"}  # the 2:4 ones: 0.5 is asked
     assert set(result["methods"]) == expected
     for method, entry in result["methods"].items():
         (row,) = entry["rows"]
@@ -57,12 +58,22 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
             assert row["sparsity_from"] == "zeros of the evaluated model"
         if method in ("movement", "movement_3x", "gradual_magnitude"):  # single weights, not NNI's default rows
             assert row["empty_rows"][0] < 0.01, (method, row["empty_rows"])
-        assert abs(measured - 0.2) < 1e-3, (method, measured)
+        assert abs(measured - 0.5) < 1e-3, (method, measured)
     steps = {m: e["rows"][0]["steps"][0] for m, e in result["methods"].items()}
     assert steps["movement"] == steps["movement_block"] == steps["gradual_magnitude"] == steps["oneshot"] == 2
+    assert steps["oneshot_2:4"] == 2
     assert steps["movement_3x"] == steps["movement_block_3x"] == 3 * steps["movement"]
-    # IMP and standard pruning count their search: rounds 0..2 (0 %, 10 %, 20 %) of 2 steps each
-    assert steps["imp"] == steps["standard"] == 3 * 2
+    # IMP and standard pruning count their search: rounds 0..5 (0 %, 10 %, ..., 50 %) of 2 steps each
+    assert steps["imp"] == steps["standard"] == steps["imp_2:4"] == 6 * 2
+    # the 2:4 ticket is a run of its own (its name carries the pattern), its mask exactly 2:4; the unstructured
+    # ticket at the same level is not
+    runs = {d: (d / "config.yaml").read_text() for d in (tmp_path / "runs").glob("imp-mrpc-*")}
+    (nm_run,) = [d for d, text in runs.items() if "2:4" in text]
+    (imp_run,) = [d for d, text in runs.items() if "2:4" not in text and "rewind: null" not in text]
+
+    def two_of_four(run_dir):
+        return all(bool((m.reshape(-1, 4).sum(dim=1) == 2).all()) for m in ticket_at(run_dir, 0.5).masks.values())
+    assert two_of_four(nm_run) and not two_of_four(imp_run)
     # a second call reads every unit back from the run store: same numbers, nothing retrained
     again = _peers(tmp_path, *budget)
     assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
@@ -78,6 +89,7 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     (["--sparsities", "0.0"], "--sparsities: 0.0"),
     (["--sparsities", "0.55", "0.9", "--methods", "imp"], "not levels of the IMP run"),
     (["--seeds", "0"], "--seeds"),
+    (["--sparsities", "0.7", "--methods", "imp", "imp_2:4"], "--methods imp_2:4: a 2:4 mask is exactly 0.5 sparse"),
     (["--task", "qqp"], "--task qqp: no config examples/configs/cpu/table2-qqp.yaml"),
 ])
 def test_bad_input_is_refused_before_any_training(tmp_path, monkeypatch, args, named):

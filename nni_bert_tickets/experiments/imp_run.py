@@ -153,12 +153,13 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
 
 def dense_round_dir(config: ExperimentConfig) -> Optional[Path]:
     """Where ``config``'s IMP round 0 is shared: ``<output_root>/dense-<task>-<hash>``, the hash of exactly what the
-    round depends on (the run's settings less ``rewind`` and ``target_sparsity``, which act only after it); None
+    round depends on (the run's settings less ``rewind``, ``target_sparsity`` and ``pattern``, which act only after
+    it); None
     under early stopping, where round 0 may stop at a step that depends on the schedule and is not shared, and with
     ``share_dense_round: false``."""
     if config.early_stop_every or not config.share_dense_round:
         return None
-    settings = {k: v for k, v in config.hashed().items() if k not in ("rewind", "target_sparsity")}
+    settings = {k: v for k, v in config.hashed().items() if k not in ("rewind", "target_sparsity", "pattern")}
     return Path(config.output_root) / unit_name(f"dense-{config.task}", settings)
 
 
