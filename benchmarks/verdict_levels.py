@@ -13,59 +13,72 @@ Cost, in full IMP rounds (a model, not a measurement): a search of L levels with
 its own verdict under ``head: rewind``) plus one round per level the order trains. Against it: the full search
 with ``head: rewind`` (L + 1 rounds, every verdict free: the CPU configs) and with a fresh head (L + 1 + L, each
 level retrained from θ0: the reference code's protocol). f defaults to the fraction measured in
-``docs/results/search_cost.json`` (threshold 0.01).
+``docs/results/search_cost.json`` (threshold 0.01); ``--search-cost`` takes other measurements (several files: the
+mean over their tasks). ``--verdict-seeds k`` adds the seeds Table 2 gives its decisive levels (k - 1 more trainings
+for each level :func:`~nni_bert_tickets.experiments.verdicts.decisive_levels` names from the single runs) to both
+sides: they cost the same under either search, and dilute what early stopping saves.
 
     python benchmarks/verdict_levels.py --json docs/results/verdict_levels.json
+    python benchmarks/verdict_levels.py --search-cost docs/results/search_cost_*_window5.json --verdict-seeds 3 \
+        --json docs/results/verdict_levels_window5_seeds3.json
 """
 import argparse
 import json
 import statistics
 from pathlib import Path
 
-from nni_bert_tickets.experiments.verdicts import (PROBE_ORDERS, highest, is_down_set, matching, probe,
-                                                   strictly_matching)
+from nni_bert_tickets.experiments.verdicts import (PROBE_ORDERS, decisive_levels, highest, is_down_set, matching,
+                                                   probe, strictly_matching)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def search_fraction(path: Path) -> float:
+def search_fraction(*paths: Path) -> float:
     """Steps of the early-stopped search rounds over the steps of the same rounds trained in full, over tasks."""
-    results = json.loads(path.read_text())["results"]
+    results = [r for path in paths for r in json.loads(path.read_text())["results"]]
     return statistics.fmean(r["with_early_stop"]["steps"]["search"] / r["without_early_stop"]["steps"]["search"]
                             for r in results)
 
 
-def replay(table: dict, f: float) -> dict:
+def replay(table: dict, f: float, verdict_seeds: int = 1) -> dict:
     first = {row["sparsity"]: row["imp_stats"]["runs"][0] if "imp_stats" in row else row["imp"] for row in table["rows"]}
     full, levels = table["full"], sorted(first)
     out = {"task": table["task"], "levels": len(levels),
            "down_set": {"matching": is_down_set({lv: matching(v, full) for lv, v in first.items()}),
                         "strictly_matching": is_down_set({lv: strictly_matching(v, full) for lv, v in first.items()})}}
     n = len(levels)
-    out["rounds_full_search_head_rewind"], out["rounds_full_search_fresh_head"] = n + 1, 2 * n + 1
+    seeds = (verdict_seeds - 1) * len(decisive_levels({lv: [v] for lv, v in first.items()}, full))
+    out["rounds_full_search_head_rewind"], out["rounds_full_search_fresh_head"] = n + 1 + seeds, 2 * n + 1 + seeds
+    out["verdict_seed_trainings"] = seeds
     for order in PROBE_ORDERS:
         calls = []
         runs = probe(levels, full, 1, lambda level, i: calls.append(level) or first[level], order,
                      runs={levels[-1]: [first[levels[-1]]]})  # the last round trains in full: its own verdict
-        rounds = n * f + 1 + len(calls)
+        rounds = n * f + 1 + len(calls) + seeds
         out[order] = {"trained": len(calls), "highest_matching": highest(runs, full),
                       "highest_strictly_matching": highest(runs, full, strict=True), "rounds": rounds,
-                      "saving_vs_head_rewind": (n + 1) / rounds, "saving_vs_fresh_head": (2 * n + 1) / rounds}
+                      "saving_vs_head_rewind": out["rounds_full_search_head_rewind"] / rounds,
+                      "saving_vs_fresh_head": out["rounds_full_search_fresh_head"] / rounds}
     for order in PROBE_ORDERS[1:]:
         out[order]["same_answers"] = all(out[order][key] == out["all"][key]
                                          for key in ("highest_matching", "highest_strictly_matching"))
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", default=str(ROOT / "docs/results/cpu/tables"))
-    parser.add_argument("--search-cost", default=str(ROOT / "docs/results/search_cost.json"),
+    parser.add_argument("--tables", default="docs/results/cpu/tables")
+    parser.add_argument("--search-cost", nargs="+", default=["docs/results/search_cost.json"],
                         help="where f, the fraction of a round an early-stopped search round trains, is read")
+    parser.add_argument("--verdict-seeds", type=int, default=1, help="trainings a decisive level gets (Table 2's "
+                        "verdict_seeds); the extra ones are added to both searches")
     parser.add_argument("--json", help="write the result here")
-    args = parser.parse_args()
-    f = search_fraction(Path(args.search_cost))
-    tasks = [replay(json.loads(p.read_text()), f) for p in sorted(Path(args.tables).glob("table2-*.json"))]
+    args = parser.parse_args(argv)
+    if args.verdict_seeds < 1:
+        parser.error(f"--verdict-seeds must be at least 1, got {args.verdict_seeds}")
+    f = search_fraction(*(ROOT / p for p in args.search_cost))
+    tasks = [replay(json.loads(p.read_text()), f, args.verdict_seeds)
+             for p in sorted((ROOT / args.tables).glob("table2-*.json"))]
     summary = {order: {"trained": sum(t[order]["trained"] for t in tasks),
                        "geomean_saving_vs_head_rewind": statistics.geometric_mean(
                            t[order]["saving_vs_head_rewind"] for t in tasks),
@@ -73,8 +86,11 @@ def main() -> None:
                            t[order]["saving_vs_fresh_head"] for t in tasks),
                        "tasks_with_the_same_answers": sum(t[order].get("same_answers", True) for t in tasks)}
                for order in PROBE_ORDERS}
-    result = {"command": "python benchmarks/verdict_levels.py --json docs/results/verdict_levels.json",
-              "source": "docs/results/cpu/tables/table2-*.json (one run per level: the IMP run's own round)",
+    options = ([] if args.search_cost == parser.get_default("search_cost") else ["--search-cost", *args.search_cost]) \
+        + ([] if args.verdict_seeds == 1 else ["--verdict-seeds", str(args.verdict_seeds)])
+    result = {"command": " ".join(["python benchmarks/verdict_levels.py", *options, "--json", str(args.json)]),
+              "source": f"{args.tables}/table2-*.json (one run per level: the IMP run's own round)",
+              "search_cost": args.search_cost, "verdict_seeds": args.verdict_seeds,
               "note": "the embedded 6-layer model at CPU scale, not the paper's numbers; single runs per level",
               "search_fraction": f, "tasks": tasks, "summary": summary}
     text = json.dumps(result, indent=1)

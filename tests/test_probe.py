@@ -131,7 +131,50 @@ def test_the_verdict_levels_benchmark_reproduces_its_committed_json(tmp_path):
     subprocess.run([sys.executable, str(root / "benchmarks/verdict_levels.py"), "--json", str(out)], check=True,
                    cwd=root, capture_output=True)
     fresh = json.loads(out.read_text())
-    assert fresh == json.loads((root / "docs/results/verdict_levels.json").read_text())
+    committed = json.loads((root / "docs/results/verdict_levels.json").read_text())
+    assert fresh.pop("command") == f"python benchmarks/verdict_levels.py --json {out}"
+    assert committed.pop("command") == "python benchmarks/verdict_levels.py --json docs/results/verdict_levels.json"
+    assert fresh == committed
     for task in fresh["tasks"]:  # top-down is exact by definition; every order trains at most what all does
         assert task["top_down"]["same_answers"]
         assert task["top_down"]["trained"] <= task["all"]["trained"]
+
+
+def test_verdict_seeds_cost_both_searches_the_same_trainings(tmp_path):
+    """--verdict-seeds k adds k - 1 trainings for each decisive level (each criterion's highest matching level and
+    the one above it, found here by hand from the single runs) to the full search and to every cheap order alike."""
+    import importlib.util
+    import json
+    from pathlib import Path
+    from nni_bert_tickets.experiments.verdicts import matching, strictly_matching
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("verdict_levels", root / "benchmarks" / "verdict_levels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    one, three = tmp_path / "one.json", tmp_path / "three.json"
+    bench.main(["--json", str(one)])
+    bench.main(["--verdict-seeds", "3", "--json", str(three)])
+    a, b = json.loads(one.read_text()), json.loads(three.read_text())
+    assert "--verdict-seeds 3" in b["command"] and b["verdict_seeds"] == 3
+    for path, x, y in zip(sorted((root / "docs/results/cpu/tables").glob("table2-*.json")), a["tasks"], b["tasks"]):
+        table = json.loads(path.read_text())
+        first = {r["sparsity"]: r["imp_stats"]["runs"][0] if "imp_stats" in r else r["imp"] for r in table["rows"]}
+        levels, decisive = sorted(first), set()
+        for test in (matching, strictly_matching):
+            passing = [lv for lv in levels if test(first[lv], table["full"])]
+            if not passing:
+                decisive.add(levels[0])
+                continue
+            decisive.add(passing[-1])
+            decisive.update(lv for lv in levels[levels.index(passing[-1]) + 1:][:1])
+        extra = 2 * len(decisive)
+        assert y["verdict_seed_trainings"] == extra and x["verdict_seed_trainings"] == 0
+        assert y["rounds_full_search_head_rewind"] == x["rounds_full_search_head_rewind"] + extra
+        for order in ("all", "top_down", "bisect"):
+            assert y[order]["rounds"] == pytest.approx(x[order]["rounds"] + extra)
+            assert y[order]["highest_matching"] == x[order]["highest_matching"]
+            # a cost both sides pay alike moves the saving towards 1
+            assert abs(y[order]["saving_vs_head_rewind"] - 1) <= abs(x[order]["saving_vs_head_rewind"] - 1) + 1e-12
+    with pytest.raises(SystemExit):
+        bench.main(["--verdict-seeds", "0", "--json", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()

@@ -48,6 +48,9 @@ def test_steps_to_the_verdict_count_the_units_each_search_made(tmp_path, minilm_
     for side in (full, cheap):
         assert side["total_steps"] == side["imp_run_steps"] + 6 * sum(side["trainings"].values())
     assert task["steps_ratio"] == pytest.approx(full["total_steps"] / cheap["total_steps"])
+    for side in (full, cheap):  # the search's part: the IMP run and the trainings of its masks, nothing else
+        assert side["search_steps"] == side["imp_run_steps"] + 6 * side["trainings"]["imp_verdicts"]
+    assert task["search_steps_ratio"] == pytest.approx(full["search_steps"] / cheap["search_steps"])
     # the store's Table 2 is the full search's (it runs second)
     saved = json.loads((store / "tables" / "table2-wnli.json").read_text())
     assert saved["imp_run"] == full["imp_run"] != cheap["imp_run"] and saved["verdict_levels"] == "all"
