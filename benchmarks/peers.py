@@ -20,7 +20,13 @@ one fine-tuning's budget being T optimizer steps:
   a GPU).
 
 Every (method, sparsity, seed) is a unit of the run store (``cached``): an interrupted benchmark resumes at the first
-unfinished unit, and runs the Table 2 / Table 3 runner already finished are read, not retrained. Steps are counted:
+unfinished unit, and runs the Table 2 / Table 3 runner already finished are read, not retrained (the IMP run and
+the first seed's standard pruning run go to the config's ``target_sparsity``, whatever this call asks, so that every
+call shares them with Table 2 and with each other). Calls add to the results file: a call's rows replace those of
+the same (method, sparsity) unless the stored row has more seeds (a call's seeds are config.seed, +1, ..., so fewer
+seeds are the stored row's first ones), and leave the others, so a plan of several calls (three seeds at the headline level,
+one elsewhere) ends in one file, each row with its own ``n``; the file lists every call in ``commands``. A file made
+at other settings (config, model, budget) is refused, naming it. Steps are counted:
 the optimizer steps the peer took, and for IMP and standard pruning every round up to that level (the search).
 
     python benchmarks/peers.py --task mrpc --sparsities 0.5 0.7 0.9 --seeds 1
@@ -161,13 +167,25 @@ def _level(trajectory: List[Dict[str, Any]], sparsity: float) -> Dict[str, Any]:
     raise ValueError(f"the IMP run has no level {sparsity}")
 
 
+def _top(config: ExperimentConfig, method: str, seed: int, asked: float) -> float:
+    """Where the method's IMP run stops: an N:M run at its pattern's sparsity; the IMP ticket's run and the first
+    seed's standard pruning at the config's target (shared with Table 2 and every call); a further seed's standard
+    pruning run, its own and costly, only as far as this call asks."""
+    method, pattern = _split(method)
+    if pattern:
+        return NM_SPARSITY
+    if method == "imp" or seed == config.seed:
+        return max(config.target_sparsity, asked)
+    return asked
+
+
 def _runner(config: ExperimentConfig, method: str, sparsity: float, seed: int, top: float, finetuning: int,
             accelerator=None):
     """A unit of the existing runner: the one-shot baseline (``finetuning`` steps: it is one fine-tuning), or the
-    IMP run (rewound or standard) at a level."""
+    IMP run (rewound or standard) at a level; ``top``: where that run stops (:func:`_top`)."""
     method, pattern = _split(method)
-    if pattern:  # an N:M IMP run stops at the pattern's sparsity
-        config, top = dataclasses.replace(config, pattern=pattern), NM_SPARSITY
+    if pattern:
+        config = dataclasses.replace(config, pattern=pattern)
     if method == "oneshot":
         result = baseline(config, "oneshot", sparsity, accelerator, seed=seed)
         return {**result, "steps": finetuning, "sparsity_from": "the ticket's mask (runner unit)"}
@@ -208,7 +226,7 @@ def check(methods: List[str], sparsities: List[float], seeds: int, config: Exper
     if seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {seeds}")
     if {"imp", "standard"} & set(methods):
-        levels = _imp_config(config, config.rewind, max(sparsities)).levels()
+        levels = _imp_config(config, config.rewind, max(config.target_sparsity, *sparsities)).levels()
         missing = [s for s in sparsities if not any(abs(s - level) < 1e-6 for level in levels)]
         if missing:
             raise SystemExit(f"--sparsities: {missing} are not levels of the IMP run ({config.schedule}, step "
@@ -227,24 +245,32 @@ def run(args) -> Dict[str, Any]:
     config = dataclasses.replace(ExperimentConfig(**values), prune_pooler=False, **overrides).validate()
     named, methods = args.methods is not None, args.methods or METHODS
     check(methods, args.sparsities, args.seeds, config, named)
-    top = max(args.sparsities)
-    finetuning = prepare(config)[1].num_training_steps()  # T: one fine-tuning's optimizer steps
     out = Path(args.json or f"docs/results/peers-{config.task}.json")
-    result = {"command": " ".join(["python", "benchmarks/peers.py", *map(shlex.quote, sys.argv[1:])]),
-              "task": config.task, "config": path, "model": config.model, "metric": get_task(config.task).metric,
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "nni": nni.__version__},
-              "one_finetuning_steps": finetuning, "sparsities": args.sparsities, "seeds": args.seeds, "methods": {}}
+    settings = {"task": config.task, "config": path, "model": config.model,
+                "overrides": {k: v for k, v in overrides.items() if k != "output_root"}}
+    previous = json.loads(out.read_text()) if out.is_file() else None
+    if previous is not None and {k: previous.get(k) for k in settings} != settings:
+        raise SystemExit(f"--json {out} holds results made at other settings "
+                         f"({ {k: previous.get(k) for k in settings} }, this call: {settings}); "
+                         f"pass another --json or move that file away")
+    asked = max(args.sparsities)
+    finetuning = prepare(config)[1].num_training_steps()  # T: one fine-tuning's optimizer steps
+    command = " ".join(["python", "benchmarks/peers.py", *map(shlex.quote, sys.argv[1:])])
+    result = previous or {**settings, "metric": get_task(config.task).metric, "one_finetuning_steps": finetuning,
+                          "commands": [], "methods": {}}
+    result.update(versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                            "nni": nni.__version__}, commands=[*result["commands"], command])
     for method in (m for m in methods if sparsities_of(m, args.sparsities)):
-        entry = {"what": PEERS[method][2] if method in PEERS else RUNNER[method],
-                 "budget": PEERS[method][1] if method in PEERS else None, "rows": []}
-        result["methods"][method] = entry
+        entry = result["methods"].setdefault(method, {"rows": []})
+        entry.update(what=PEERS[method][2] if method in PEERS else RUNNER[method],
+                     budget=PEERS[method][1] if method in PEERS else None)
         for s in sparsities_of(method, args.sparsities):
             runs, error = [], None
             for i in range(args.seeds):
                 try:
                     unit = _peer(config, method, s, config.seed + i) if method in PEERS else \
-                        _runner(config, method, s, config.seed + i, top, finetuning)
+                        _runner(config, method, s, config.seed + i, _top(config, method, config.seed + i, asked),
+                                finetuning)
                 except Exception as exc:  # a peer that does not run on this stack is a result, recorded as such
                     if method not in PEERS:
                         raise
@@ -260,7 +286,11 @@ def run(args) -> Dict[str, Any]:
                    "sparsity_from": runs[0]["sparsity_from"] if runs else None}
             if error:
                 row["error"] = error
-            entry["rows"].append(row)
+            stored = [r for r in entry["rows"] if abs(r["sparsity"] - s) < 1e-9]
+            if stored and stored[0]["n"] > row["n"] and "error" not in stored[0]:
+                row = stored[0]  # fewer seeds are a prefix of the stored row's (seeds config.seed, +1, ...)
+            entry["rows"] = sorted([r for r in entry["rows"] if abs(r["sparsity"] - s) > 1e-9] + [row],
+                                   key=lambda r: r["sparsity"])
             atomic_write_text(out, json.dumps(result, indent=1, default=str))
     atomic_write_text(out, json.dumps(result, indent=1, default=str))
     _log.info("wrote %s", out)

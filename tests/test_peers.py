@@ -44,7 +44,8 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
               "--max-steps", "2")
     _peers(tmp_path, *budget)
     result = json.loads((tmp_path / "peers.json").read_text())
-    assert "benchmarks/peers.py" in result["command"] and "--max-steps 2" in result["command"]
+    (command,) = result["commands"]
+    assert "benchmarks/peers.py" in command and "--max-steps 2" in command
     assert result["one_finetuning_steps"] == 2
     expected = {"movement", "movement_3x", "movement_block", "movement_block_3x", "gradual_magnitude", "oneshot",
                 "standard", "imp", "oneshot_2:4", "imp_2:4"}  # the 2:4 ones: 0.5 is asked
@@ -77,7 +78,18 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     # a second call reads every unit back from the run store: same numbers, nothing retrained
     again = _peers(tmp_path, *budget)
     assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
-    assert json.loads((tmp_path / "peers.json").read_text())["methods"] == result["methods"]
+    again_result = json.loads((tmp_path / "peers.json").read_text())
+    assert again_result["methods"] == result["methods"] and len(again_result["commands"]) == 2
+    # a plan of calls adds up in one file: more seeds for one method replace its row, the others stay
+    _peers(tmp_path, *budget[:2], "--methods", "oneshot", "--seeds", "2", *budget[2:])
+    merged = json.loads((tmp_path / "peers.json").read_text())
+    assert len(merged["commands"]) == 3 and "--seeds 2" in merged["commands"][-1]
+    (row,) = merged["methods"]["oneshot"]["rows"]
+    assert row["n"] == 2 and row["runs"][0] == result["methods"]["oneshot"]["rows"][0]["runs"][0]
+    assert {m: e for m, e in merged["methods"].items() if m != "oneshot"} == \
+        {m: e for m, e in result["methods"].items() if m != "oneshot"}
+    _peers(tmp_path, *budget[:2], "--methods", "oneshot", *budget[2:])  # one seed: a prefix of the stored two
+    assert json.loads((tmp_path / "peers.json").read_text())["methods"] == merged["methods"]
     png = tmp_path / "peers.png"
     _peers(tmp_path, "--plot", str(tmp_path / "peers.json"), "--png", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -101,3 +113,18 @@ def test_bad_input_is_refused_before_any_training(tmp_path, monkeypatch, args, n
         peers.main(["--task", "mrpc", "--output-root", str(tmp_path / "runs"), "--json", str(tmp_path / "peers.json"),
                     *args])
     assert not (tmp_path / "runs").exists() and not (tmp_path / "peers.json").exists()
+
+
+def test_a_results_file_of_other_settings_is_refused_before_any_training(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "peers.json"
+    made = {"task": "mrpc", "config": "examples/configs/cpu/table2-mrpc.yaml", "model": "../shared/models/all-MiniLM-L6-v2",
+            "overrides": {"max_steps": 2}, "commands": ["python benchmarks/peers.py --max-steps 2"], "methods": {}}
+    out.write_text(json.dumps(made))
+    with pytest.raises(SystemExit, match=re.escape(f"--json {out} holds results made at other settings")):
+        peers.main(["--task", "mrpc", "--output-root", str(tmp_path / "runs"), "--json", str(out),
+                    "--methods", "oneshot", "--sparsities", "0.5"])
+    assert json.loads(out.read_text()) == made and not (tmp_path / "runs").exists()
