@@ -93,6 +93,33 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     png = tmp_path / "peers.png"
     _peers(tmp_path, "--plot", str(tmp_path / "peers.json"), "--png", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_page(tmp_path, json.loads((tmp_path / "peers.json").read_text()), png)
+
+
+def _check_page(tmp_path, result, png):
+    """benchmarks/peers_page.py renders the results file: every method's cell, the calls, the plot, and a sentence
+    for exactly the peers whose mean is above the IMP ticket's (found here from the JSON)."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "peers-mrpc.json").write_text(json.dumps(result))
+    (folder / "peers-mrpc.png").write_bytes(png.read_bytes())
+    spec = importlib.util.spec_from_file_location("peers_page", ROOT / "benchmarks" / "peers_page.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    page.main([str(folder), "--out", str(folder / "peers.md")])
+    text = (folder / "peers.md").read_text()
+    assert "not the paper's numbers" in text and "![mrpc" in text and "(peers-mrpc.png)" in text
+    assert all(command in text for command in result["commands"])
+    imp = result["methods"]["imp"]["rows"][0]["mean"]
+    for method, entry in result["methods"].items():
+        (row,) = entry["rows"]
+        assert f"{100 * row['mean']:.1f}" in text and f"`{method}`" in text
+        said = f"`{method}` (" in text.split("Where a peer scores above the ticket")[1].split("**2:4")[0]
+        assert said == (method != "imp" and row["mean"] > imp), method
+    nm = result["methods"]["imp_2:4"]["rows"][0]["mean"]
+    assert f"{100 * (nm - imp):+.1f} points" in text
+    with pytest.raises(SystemExit, match="holds no peers"):
+        page.main([str(tmp_path / "runs"), "--out", str(tmp_path / "nothing.md")])
 
 
 @pytest.mark.parametrize("args, named", [

@@ -84,3 +84,16 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
     # from θ0: the dense fine-tuning (1 step) plus 2 IMP rounds / 1 fine-tuning / the ticket's 2 rounds
     assert steps == {"ticket": 3, "ticket_taylor": 3, "tp_magnitude": 2, "tp_taylor": 2, "tp_magnitude_matched": 3,
                      "tp_taylor_matched": 3}
+    # the results page renders it: every variant with its metric and speed-ups, and which peers are above the ticket
+    import peers_page  # benchmarks/ is on the path (above)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "peers_structured-sst2.json").write_text(out.read_text())
+    text = peers_page.page(folder)
+    assert result["command"] in text and "speed-up b1" in text and "speed-up b4" in text
+    for method, v in point["variants"].items():
+        assert f"| `{method}` | {peers_page.cell(v)} |" in text
+        assert f"{v['speedup']['4']:.2f}×" in text
+    ahead = [m for m, v in point["variants"].items() if m.startswith("tp_")
+             and v["mean"] > point["variants"]["ticket"]["mean"]]
+    assert ("Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + ".") in text

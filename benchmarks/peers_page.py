@@ -1,0 +1,150 @@
+"""The results page of issue 23: the ticket against the pruners people would pick instead, from the benchmarks' JSON.
+
+Reads ``peers-<task>.json`` (``benchmarks/peers.py``: unstructured pruners and the 2:4 rows) and
+``peers_structured-<task>.json`` (``benchmarks/structured_peers.py``) in a folder and writes one markdown page: per
+task a table of every method at every sparsity (mean ± sample std over n trainings, and the optimizer steps it
+took), the commands that made it, the plot where ``peers.py --plot`` drew one, and in words every place where a peer
+scores above the ticket. Nothing is typed by hand: rerun it when a results file changes.
+
+    python benchmarks/peers_page.py docs/results --out docs/results/peers.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from nni_bert_tickets.core.files import atomic_write_text
+
+NOTE = ("The embedded 6-layer all-MiniLM-L6-v2 at CPU scale: the method on a small model, **not the paper's "
+        "numbers**. Each cell is the mean ± sample std over n trainings; a row with n = 1 is one training, and a "
+        "verdict from one training is a guess. What these tables do not measure is the ticket's own property: it is "
+        "found from θ0, trains from θ0 and transfers to other tasks (docs/results/cpu/); a peer that scores higher "
+        "here is said so below, plainly.")
+
+
+def pct(level: float) -> str:
+    return f"{100 * level:.0f} %"
+
+
+def pts(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def cell(row: Dict[str, Any]) -> str:
+    """``80.1 ± 0.9 (n = 3)``; a row that failed gives its error."""
+    if row.get("error"):
+        return f"failed: `{row['error'][:80]}`"
+    if row["mean"] is None:
+        return "–"
+    spread = f" ± {pts(row['std'])}" if row.get("std") is not None else ""
+    return f"{pts(row['mean'])}{spread} (n = {row['n']})"
+
+
+def _steps(row: Dict[str, Any]) -> str:
+    steps = sorted({s for s in row.get("steps") or [] if s})
+    return "–" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}–{steps[-1]}"
+
+
+def above_ticket(result: Dict[str, Any], ticket: str = "imp") -> List[str]:
+    """Every (peer, sparsity) whose mean is above the ticket's at the same sparsity, said plainly."""
+    mine = {r["sparsity"]: r for r in result["methods"].get(ticket, {}).get("rows", []) if r.get("mean") is not None}
+    out = []
+    for method, entry in result["methods"].items():
+        if method == ticket:
+            continue
+        for row in entry["rows"]:
+            base = mine.get(row["sparsity"])
+            if base is not None and row.get("mean") is not None and row["mean"] > base["mean"]:
+                out.append(f"At {pct(row['sparsity'])}, `{method}` ({cell(row)}, {_steps(row)} steps) scores "
+                           f"{100 * (row['mean'] - base['mean']):.1f} points above the IMP ticket ({cell(base)}, "
+                           f"{_steps(base)} steps).")
+    return out
+
+
+def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
+    levels = sorted({r["sparsity"] for e in result["methods"].values() for r in e["rows"]})
+    lines = [f"## {result['task'].upper()}: unstructured pruners ({result['metric']})", "",
+             f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps. Made by:", "", "```bash",
+             *result["commands"], "```", "",
+             "| method | what it is | " + " | ".join(pct(s) for s in levels) + " | steps |",
+             "|---|---|" + "---:|" * len(levels) + "---|"]
+    for method, entry in result["methods"].items():
+        rows = {r["sparsity"]: r for r in entry["rows"]}
+        steps = " / ".join(_steps(rows[s]) for s in levels if s in rows)
+        lines.append(f"| `{method}` | {entry['what']} | "
+                     + " | ".join(cell(rows[s]) if s in rows else "" for s in levels) + f" | {steps} |")
+    lines.append("")
+    if png:
+        lines += [f"![{result['task']}: accuracy against sparsity]({png})", ""]
+    beaten = above_ticket(result)
+    lines += ["**Where a peer scores above the ticket:**", ""] + ([f"- {b}" for b in beaten] or
+                                                                 ["- nowhere: the IMP ticket is highest at every level it has."])
+    lines.append("")
+    nm, dense = result["methods"].get("imp_2:4"), result["methods"].get("imp")
+    if nm and dense:
+        a = next((r for r in nm["rows"] if r.get("mean") is not None), None)
+        b = next((r for r in dense["rows"] if a and abs(r["sparsity"] - a["sparsity"]) < 1e-9), None)
+        if a and b and b.get("mean") is not None:
+            gap = 100 * (a["mean"] - b["mean"])
+            lines += [f"**2:4 ticket against the unstructured ticket at {pct(a['sparsity'])}:** {cell(a)} against "
+                      f"{cell(b)}, {gap:+.1f} points ({'within' if abs(gap) <= 1 else 'not within'} 1 point). "
+                      "Accuracy only: no CPU speed-up is claimed for 2:4.", ""]
+    return lines
+
+
+def structured(result: Dict[str, Any]) -> List[str]:
+    batches = [str(b) for b in result["timing"]["batch_sizes"]]
+    lines = [f"## {result['task'].upper()}: structured pruners at equal measured speed-up ({result['metric']})", "",
+             f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps; speed-up against the dense "
+             f"model ({cell(result['dense'])}), {result['timing']['statistic']}, length {result['timing']['length']}, "
+             f"{result['timing']['threads']} threads. Made by:", "", "```bash", result["command"], "```", ""]
+    nni = result.get("nni_modelspeedup") or {}
+    if nni and not nni.get("ran"):
+        lines += [f"NNI 3 `TaylorPruner` + `ModelSpeedup` did not run here (stage {nni.get('stage')}: "
+                  f"`{str(nni.get('error'))[:160]}`); the Taylor peer runs through torch-pruning.", ""]
+    for point in result["points"]:
+        lines += [f"Heads {pct(point['head_sparsity'])}, FFN channels {pct(point['channel_sparsity'])} removed:", "",
+                  "| variant | " + " | ".join(["metric", "steps", *(f"speed-up b{b}" for b in batches)]) + " |",
+                  "|---|---:|---:|" + "---:|" * len(batches)]
+        for method, v in point["variants"].items():
+            speed = [f"{v['speedup'][b]:.2f}×" if b in (v.get("speedup") or {}) else "–" for b in batches]
+            lines.append(f"| `{method}` | {cell(v)} | {_steps(v)} | " + " | ".join(speed) + " |")
+        ticket = point["variants"].get("ticket")
+        if ticket and ticket.get("mean") is not None:
+            ahead = [m for m, v in point["variants"].items() if m.startswith("tp_") and v.get("mean") is not None
+                     and v["mean"] > ticket["mean"]]
+            lines += ["", "Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + "."]
+        lines.append("")
+    return lines
+
+
+def page(folder: Path) -> str:
+    lines = ["# Against the pruners people would pick instead (issue 23)", "", NOTE, "",
+             "Made by `python benchmarks/peers_page.py docs/results --out docs/results/peers.md` from the JSON files "
+             "beside this page.", ""]
+    found = False
+    for path in sorted(folder.glob("peers-*.json")):
+        found = True
+        png = path.with_suffix(".png")
+        lines += unstructured(json.loads(path.read_text()), png.name if png.is_file() else None)
+    for path in sorted(folder.glob("peers_structured-*.json")):
+        found = True
+        lines += structured(json.loads(path.read_text()))
+    if not found:
+        raise SystemExit(f"{folder} holds no peers-<task>.json or peers_structured-<task>.json: run "
+                         "benchmarks/peers.py or benchmarks/structured_peers.py first")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="where the results files are (docs/results)")
+    parser.add_argument("--out", type=Path, required=True, help="the page to write (docs/results/peers.md)")
+    args = parser.parse_args(argv)
+    atomic_write_text(args.out, page(args.folder))
+
+
+if __name__ == "__main__":
+    main()
