@@ -38,9 +38,11 @@ from typing import Any, Dict, List
 import torch
 from accelerate import Accelerator
 
-from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import run_imp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "examples" / "configs" / "paper"
@@ -177,10 +179,7 @@ def main(argv=None) -> None:
     if result["projection"]:
         result["total_gpu_hours_full_search"] = sum(r["gpu_hours_full_search"] for r in result["projection"])
         result["total_gpu_hours_cheap_search"] = sum(r["gpu_hours_cheap_search"] for r in result["projection"])
-    text = json.dumps(result, indent=1)
-    if args.json:
-        atomic_write_text(args.json, text + "\n")
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import statistics
 import sys
@@ -24,6 +23,9 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from nni_bert_tickets.tasks.data import load_pretrained_body
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"per_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -84,12 +86,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 2 or args.threads < 1:
         parser.error("--steps must be at least 2 (the first is warm-up) and --threads at least 1")
-    result = run(args)
-    text = json.dumps(result, indent=1)
-    if args.json:
-        from nni_bert_tickets.core.files import atomic_write_text
-        atomic_write_text(args.json, text + "\n")
-    print(text)
+    emit(run(args), args.json)
 
 
 if __name__ == "__main__":

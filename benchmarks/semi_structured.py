@@ -17,7 +17,6 @@ CPU: the kernels exist only on CUDA GPUs of compute capability 8.0 or higher, so
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -27,9 +26,11 @@ from typing import Any, Dict, List
 import torch
 
 from nni_bert_tickets.core.baselines import one_shot_magnitude_ticket
-from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.core.masks import is_nm
 from nni_bert_tickets.core.targets import prunable_modules
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 SHAPES = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
           "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -122,10 +123,7 @@ def main(argv=None) -> None:
               "note": "random weights with a one-shot 2:4 magnitude mask (speed does not depend on the values); "
                       "dense = the same model with its zeros; pooler, embeddings and head dense in both",
               "rows": rows}
-    text = json.dumps(result, indent=1)
-    if args.json:
-        atomic_write_text(args.json, text + "\n")
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json
 import statistics
 from pathlib import Path
 
+from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.verdicts import (PROBE_ORDERS, decisive_levels, highest, is_down_set, matching,
                                                    probe, strictly_matching)
 
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
               "search_fraction": f, "tasks": tasks, "summary": summary}
     text = json.dumps(result, indent=1)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        atomic_write_text(args.json, text + "\n")
     for t in tasks:
         print(f"{t['task']:6s} down-set {t['down_set']['matching']!s:5s} / {t['down_set']['strictly_matching']!s:5s}  "
               + "  ".join(f"{o} {t[o]['trained']} ({t[o]['highest_matching']}, {t[o]['highest_strictly_matching']}) "
