@@ -178,3 +178,23 @@ def test_verdict_seeds_cost_both_searches_the_same_trainings(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--verdict-seeds", "0", "--json", str(tmp_path / "bad.json")])
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_the_committed_window5_cost_model_reproduces(tmp_path):
+    """docs/results/verdict_levels_window5_seeds3.json (quoted in docs/experiments.md) is what its command makes from
+    the committed tables and search-cost files: a table that changes without it being remade fails here."""
+    import glob
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    committed = json.loads((root / "docs/results/verdict_levels_window5_seeds3.json").read_text())
+    files = sorted(glob.glob(str(root / "docs/results/search_cost_*_window5.json")))
+    assert [str(Path(f).relative_to(root)) for f in files] == committed["search_cost"]
+    out = tmp_path / "w5.json"
+    subprocess.run([sys.executable, "benchmarks/verdict_levels.py", "--search-cost", *committed["search_cost"],
+                    "--verdict-seeds", "3", "--json", str(out)], check=True, cwd=root, capture_output=True)
+    fresh = json.loads(out.read_text())
+    fresh.pop("command"), committed.pop("command")
+    assert fresh == committed
