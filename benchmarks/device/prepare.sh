@@ -17,7 +17,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux1_x86_64 --platform any -d .whl \
   nni==3.0 torch-pruning==1.6.1 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 tokenizers==0.23.3 \
   filelock==3.11.0 fsspec==2026.9.0 json-tricks==3.17.3 astor==0.8.1 prettytable==3.18.0 PythonWebHDFS==0.2.3 \
-  responses==0.26.3 schema==0.7.8 typeguard==4.1.2 websockets==17.4 wcwidth==0.9.4
+  responses==0.26.3 schema==0.7.8 typeguard==4.1.2 websockets==17.4 wcwidth==0.9.4 pytest-xdist==3.8.0 execnet==2.1.2
 "$PY" - <<'PY'
 import pathlib, zipfile
 wheel = pathlib.Path(".whl/nni-3.0-py3-none-manylinux1_x86_64.whl")

@@ -3,7 +3,8 @@
 #   run(command="bash benchmarks/device/run.sh bench", carry=[".whl", ".device/bench"], timeout_s=420)
 #   run(command="bash benchmarks/device/run.sh suite", carry=[".whl", ".device/suite"], timeout_s=540)
 # bench: benchmarks/gpu_cost.py (bf16, bert-base shape) and benchmarks/semi_structured.py -> $OUT/*.json
-# suite: the quick start in bf16 and tests/test_devices.py on CUDA -> $OUT/*.log
+# suite: the quick start in bf16 and tests/test_devices.py on CUDA -> $OUT/*.log (pytest-xdist is in .whl: the
+# project's pytest options start workers)
 set -uo pipefail
 part=${1:?bench or suite}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -16,6 +16,7 @@ import torch
 from torch.nn.utils import prune
 
 from . import masks as M
+from .imp_state import ticket_file
 from .seeding import seed_round
 from .targets import base_prefix, prunable_modules
 from .ticket import Ticket, prunable_weights
@@ -41,8 +42,8 @@ def torch_imp(model: torch.nn.Module, train: Callable[[torch.nn.Module], Any], s
     ``0`` (θ0: every body parameter goes back to the model's values at the call) or ``None`` (standard pruning:
     keep the trained weights); ``head`` (parameters outside the body) is ``'keep'`` (trained values carried, the
     reference code) or ``'rewind'``. ``pooler`` chooses the pruned set as in :func:`~nni_bert_tickets.bert_config_list`.
-    ``output_dir``: each round's ticket is written there as ``ticket-roundNN.safetensors``, as IMPPruner names them
-    (this driver does not resume a killed run; IMPPruner does).
+    ``output_dir``: each round's ticket is written there under :func:`~.imp_state.ticket_file`'s name, as
+    IMPPruner names them (this driver does not resume a killed run; IMPPruner does).
 
     The model is left pruned through torch (``weight_orig`` trained, ``weight_mask`` the last ticket's):
     :func:`~nni_bert_tickets.remove_torch_prune` makes it plain.
@@ -84,7 +85,7 @@ def torch_imp(model: torch.nn.Module, train: Callable[[torch.nn.Module], Any], s
                                          round=level, metrics={"metric": metric, **metrics}, **meta))
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
-            tickets[-1].save(os.path.join(output_dir, f"ticket-round{level:02d}.safetensors"))
+            tickets[-1].save(os.path.join(output_dir, ticket_file(level)))
         if level + 1 < len(levels):
             global_magnitude_step(parameters, levels[level + 1])
             _rewind(modules, live, {} if rewind is None else {n: v for n, v in theta0.items() if n not in kept})
