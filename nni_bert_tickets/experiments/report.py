@@ -43,7 +43,7 @@ def dense_grid_markdown(results: List[Dict[str, Any]]) -> str:
     for r in results:
         scale = _scale(r["task"])
         out += ["", f"### {r['task']} (current setting: lr {r['current']['learning_rate']:g}, "
-                    f"{r['current']['epochs']:g} epochs)", "", "| learning rate | epochs | full model | runs |",
+                    f"{r['current']['epochs']:g} epoch{'' if r['current']['epochs'] == 1 else 's'})", "", "| learning rate | epochs | full model | runs |",
                 "|---:|---:|---:|---|"]
         for c in r["cells"]:
             std = "–" if c["std"] is None else _fmt(c["std"], scale)
