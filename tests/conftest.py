@@ -6,7 +6,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The suite runs in one worker per core (pytest-xdist, `addopts` in pyproject.toml): one thread each, and the
-# trainings tests start in subprocesses inherit it, so two workers never fight over the same cores.
+# trainings tests start in subprocesses inherit it (torch reads it on import, below), so two workers never fight
+# over the same cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_name] = "1"
@@ -16,9 +17,6 @@ import pytest
 import torch
 from nni.compression import TorchEvaluator
 from transformers import BertConfig, BertForSequenceClassification
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
