@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from nni_bert_tickets.tasks.data import load_pretrained_body
+from nni_bert_tickets.training.loop import parameter_groups
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
@@ -32,11 +33,8 @@ KINDS = {"per_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused"
 
 
 def groups(model):
-    """The loop's groups: weight decay on matrices, none on biases and LayerNorm (decay 0.01 here: a non-zero decay
-    exercises that branch too)."""
-    decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
-    rest = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    return [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}]
+    """The loop's groups (decay 0.01 here: a non-zero decay exercises that branch too)."""
+    return parameter_groups(model, 0.01)
 
 
 def fake_grads(model, seed: int):

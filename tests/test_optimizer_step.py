@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_checkpoint
+from conftest import tiny_bert, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("optimizer_step", ROOT / "benchmarks" / "optimizer_step.py")
@@ -33,3 +33,19 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--steps", "1", "--json", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_benchmark_and_the_loop_share_one_grouping_rule():
+    """No decay exactly on biases and LayerNorm, decay on every matrix (embeddings too), every parameter once: the
+    rule's one home is the loop, and the benchmark's optimizers use it."""
+    from nni_bert_tickets.training.loop import parameter_groups
+    model = tiny_bert()
+    decay, rest = parameter_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for p in rest["params"]}
+    assert no_decay == {n for n in names.values() if n.endswith(".bias") or ".LayerNorm." in n}
+    assert len(decay["params"]) + len(rest["params"]) == len(names)
+    assert "bert.embeddings.word_embeddings.weight" in {names[id(p)] for p in decay["params"]}
+    assert [[id(p) for p in g["params"]] for g in bench.groups(model)] == \
+        [[id(p) for p in g["params"]] for g in parameter_groups(model, 0.01)]

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import nni
 import torch
@@ -28,7 +28,7 @@ from ..core.early_stop import StopTraining
 from ..tasks.data import LengthGroupedBatchSampler
 from .checkpoints import SigtermWatch, clear_checkpoint, read_progress, save_checkpoint
 
-__all__ = ["TrainConfig", "FineTuner", "linear_decay"]
+__all__ = ["TrainConfig", "FineTuner", "linear_decay", "parameter_groups"]
 _log = logging.getLogger(__name__)
 
 
@@ -51,6 +51,14 @@ class TrainConfig:
 def _draw_seed() -> int:
     """A data-order seed from torch's global RNG (which the caller has seeded)."""
     return int(torch.randint(0, 2**31 - 1, ()))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """AdamW's parameter groups: ``weight_decay`` on the matrices, none on biases and LayerNorm."""
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if not any(k in n for k in no_decay)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0}]
 
 
 def linear_decay(total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
@@ -232,12 +240,7 @@ class FineTuner:
     def optimizer_and_scheduler(self, model, traced: bool = False):
         """AdamW (no decay on biases and LayerNorm) and the linear-decay schedule; ``traced`` for NNI."""
         wrap = nni.trace if traced else (lambda cls: cls)
-        no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
-        named = list(model.named_parameters())
-        groups = [
-            {"params": [p for n, p in named if not any(k in n for k in no_decay)], "weight_decay": self.config.weight_decay},
-            {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0},
-        ]
+        groups = parameter_groups(model, self.config.weight_decay)
         optimizer = wrap(torch.optim.AdamW)(groups, lr=self.config.learning_rate, eps=self.config.adam_epsilon)
         def schedule(step: int) -> float:  # decays over the run ``train`` is doing (compress(max_steps=...) too)
             # Accelerate steps a prepared scheduler once per process for each optimizer step
