@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List
 import torch
 
 from nni_bert_tickets.core.files import atomic_write_text
+from nni_bert_tickets.core.masks import parse_nm
 from nni_bert_tickets.core.targets import bert_config_list, prunable_modules
 from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import prepare, run_imp
@@ -104,13 +105,15 @@ RUNNER = {"oneshot": "one-shot magnitude pruning of θ0, then fine-tuning",
           "oneshot_2:4": "one-shot 2:4 magnitude mask of θ0, then fine-tuning",
           "imp_2:4": "IMP ticket ending on a 2:4 mask, f(x; m ⊙ θ0, γ0)"}
 METHODS = [*PEERS, *RUNNER]
-NM_SPARSITY = 0.5  # a 2:4 mask prunes exactly 1 - 2/4: the _2:4 methods have rows there only
+NM = "2:4"  # the pattern of the ``_2:4`` methods
+# a 2:4 mask is exactly this sparse: the _2:4 methods have rows there only
+NM_SPARSITY = 1 - parse_nm(NM)[0] / parse_nm(NM)[1]
 
 
 def _split(method: str):
     """``imp_2:4`` -> ("imp", "2:4"); ``imp`` -> ("imp", None)."""
     base, _, pattern = method.partition("_")
-    return (base, pattern) if pattern in ("2:4",) else (method, None)
+    return (base, pattern) if pattern == NM else (method, None)
 
 
 def zero_sparsity(model) -> float:
