@@ -119,10 +119,21 @@ def _notes(path: Path, result: Dict[str, Any], entry: Dict[str, Any]) -> str:
     trainings = f", the mean of {entry['n']} trainings" if entry["n"] > 1 else " (one training)"
     return (f"Found by nni_bert_tickets on {result['model']} (`{path.name}`, experiment `{result['experiment']}`, "
             f"IMP run `{result['imp_run']}`): {data}, learning rate {s['learning_rate']}, batch {s['batch_size']}, "
-            f"{s['epochs']:g} epochs a round, max length {s['max_length']}, seed {s['seed']}. The value is the ticket's "
+            f"{s['epochs']:g} epoch{'' if s['epochs'] == 1 else 's'} a round, max length {s['max_length']}, "
+            f"seed {s['seed']}. The value is the ticket's "
             f"{result['metric']} on the task's evaluation split after fine-tuning from θ0{trainings}; the full "
             f"model's is the mean (and spread) of {len(entry['full'].get('runs', [])) or 'its'} dense fine-tuning(s). "
-            f"These figures are this run's, on this base model and data: not the paper's results (bert-base).")
+            f"These figures are this run's, on this base model and data: not the paper's results (bert-base)."
+            + _theta0_note(result))
+
+
+def _theta0_note(result: Dict[str, Any]) -> str:
+    """θ0 was more than the checkpoint (MLM: a head warmed before IMP), and the file holds masks only."""
+    if not result.get("theta0"):
+        return ""
+    return (f" Here {result['theta0']}; that head is not in the ticket file. `examples/{result['task']}.py "
+            f"--experiment ticket --ticket <this folder>` warms one the same way before training the ticket; a "
+            f"model loaded as in the snippet below starts from a fresh head instead.")
 
 
 def _remove_other_levels(out: Path, task: str, keep: Path) -> None:
