@@ -52,7 +52,7 @@ from nni_bert_tickets.core.masks import parse_nm
 from nni_bert_tickets.core.targets import bert_config_list, prunable_modules
 from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import prepare, run_imp
-from nni_bert_tickets.experiments.tables import baseline, cached
+from nni_bert_tickets.experiments.tables import baseline, cached, full_model
 from nni_bert_tickets.tasks import get_task
 
 _log = logging.getLogger("peers")
@@ -236,6 +236,14 @@ def check(methods: List[str], sparsities: List[float], seeds: int, config: Exper
                              f"{config.step}: {[round(x, 4) for x in levels]}); imp and standard exist only there")
 
 
+def _full(config: ExperimentConfig, finetuning: int) -> Dict[str, Any]:
+    """The dense model every row is read against: the config's ``seeds`` full-model fine-tunings, the same run-store
+    units as Table 2's (read back where Table 2 ran at these settings)."""
+    runs = [full_model(config, config.seed + i)["default"] for i in range(config.seeds)]
+    return {"n": len(runs), "runs": runs, "mean": statistics.fmean(runs),
+            "std": statistics.stdev(runs) if len(runs) > 1 else None, "steps": [finetuning] * len(runs)}
+
+
 def run(args) -> Dict[str, Any]:
     import nni
     import transformers
@@ -262,7 +270,9 @@ def run(args) -> Dict[str, Any]:
     result = previous or {**settings, "metric": get_task(config.task).metric, "one_finetuning_steps": finetuning,
                           "commands": [], "methods": {}}
     result.update(versions={"torch": torch.__version__, "transformers": transformers.__version__,
-                            "nni": nni.__version__}, commands=[*result["commands"], command])
+                            "nni": nni.__version__}, commands=[*result["commands"], command],
+                  full=_full(config, finetuning))
+    atomic_write_text(out, json.dumps(result, indent=1, default=str))
     for method in (m for m in methods if sparsities_of(m, args.sparsities)):
         entry = result["methods"].setdefault(method, {"rows": []})
         entry.update(what=PEERS[method][2] if method in PEERS else RUNNER[method],
@@ -315,6 +325,12 @@ def plot(json_path: str, png_path: str) -> str:
         label = f"{method} ({steps[0] if len(steps) == 1 else f'{steps[0]}-{steps[-1]}'} steps)" if steps else method
         ax.errorbar([r["sparsity"] for r in rows], [r["mean"] for r in rows],
                     yerr=[r["std"] or 0 for r in rows], marker="o", capsize=3, label=label)
+    full = result.get("full")
+    if full:
+        ax.axhline(full["mean"], color="black", linestyle="--", linewidth=1,
+                   label=f"full model, n = {full['n']} ({full['steps'][0]} steps)")
+        if full.get("std"):
+            ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08)
     ax.set_xlabel("sparsity of the prunable matrices")
     ax.set_ylabel(result.get("metric") or "metric")
     ax.set_title(f"{result['task']}: pruners at one fine-tuning = {result.get('one_finetuning_steps')} steps")

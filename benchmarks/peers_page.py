@@ -63,10 +63,20 @@ def above_ticket(result: Dict[str, Any], ticket: str = "imp") -> List[str]:
     return out
 
 
+def _full(result: Dict[str, Any]) -> str:
+    full = result.get("full")
+    if not full:
+        return "The full model was not recorded with these results."
+    line = "the band of one std around its mean" if full.get("std") else "its line"
+    return (f"The full model (dense, one fine-tuning, the same run-store units as Table 2's) scores {cell(full)}; "
+            f"the plot shows {line}.")
+
+
 def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
     levels = sorted({r["sparsity"] for e in result["methods"].values() for r in e["rows"]})
     lines = [f"## {result['task'].upper()}: unstructured pruners ({result['metric']})", "",
-             f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps. Made by:", "", "```bash",
+             f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps. {_full(result)} Made by:", "",
+             "```bash",
              *result["commands"], "```", "",
              "| method | what it is | " + " | ".join(pct(s) for s in levels) + " | steps |",
              "|---|---|" + "---:|" * len(levels) + "---|"]

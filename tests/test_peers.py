@@ -47,6 +47,11 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     (command,) = result["commands"]
     assert "benchmarks/peers.py" in command and "--max-steps 2" in command
     assert result["one_finetuning_steps"] == 2
+    # the dense reference: the config's seeds of full-model fine-tunings, the very units Table 2 reads
+    units = sorted((tmp_path / "runs").glob("full-mrpc-*"),
+                   key=lambda d: json.loads((d / "settings.json").read_text())["seed"])
+    assert len(units) == result["full"]["n"] == 3 and result["full"]["steps"] == [2, 2, 2]
+    assert result["full"]["runs"] == [json.loads((d / "result.json").read_text())["default"] for d in units]
     expected = {"movement", "movement_3x", "movement_block", "movement_block_3x", "gradual_magnitude", "oneshot",
                 "standard", "imp", "oneshot_2:4", "imp_2:4"}  # the 2:4 ones: 0.5 is asked
     assert set(result["methods"]) == expected
@@ -110,6 +115,8 @@ def _check_page(tmp_path, result, png):
     text = (folder / "peers.md").read_text()
     assert "not the paper's numbers" in text and "![mrpc" in text and "(peers-mrpc.png)" in text
     assert all(command in text for command in result["commands"])
+    assert f"The full model (dense, one fine-tuning, the same run-store units as Table 2's) scores " \
+           f"{page.cell(result['full'])}" in text
     imp = result["methods"]["imp"]["rows"][0]["mean"]
     for method, entry in result["methods"].items():
         (row,) = entry["rows"]
