@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from nni_bert_tickets.core.files import atomic_write_text
+from nni_bert_tickets.experiments.verdicts import lead_interval
 
 NOTE = ("The embedded 6-layer all-MiniLM-L6-v2 at CPU scale: the method on a small model, **not the paper's "
         "numbers**. Each cell is the mean ± sample std over n trainings; a row with n = 1 is one training, and a "
@@ -72,6 +73,24 @@ def _full(result: Dict[str, Any]) -> str:
             f"the plot shows {line}.")
 
 
+def leads(result: Dict[str, Any], ticket: str = "imp") -> List[str]:
+    """The ticket's lead over each peer at each level where both have two trainings or more, with Welch's 95 %
+    interval; one training on either side is no verdict, and is left out."""
+    mine = {r["sparsity"]: r for r in result["methods"].get(ticket, {}).get("rows", []) if len(r.get("runs") or []) > 1}
+    out = []
+    for method, entry in result["methods"].items():
+        for row in entry["rows"]:
+            base = mine.get(row["sparsity"])
+            if method == ticket or base is None or len(row.get("runs") or []) < 2:
+                continue
+            lead = lead_interval(base["runs"], row["runs"])
+            verdict = "excludes zero" if lead["excludes_zero"] else "includes zero: within noise"
+            out.append(f"At {pct(row['sparsity'])}, over `{method}`: {100 * lead['lead']:+.1f} points, 95 % Welch "
+                       f"interval [{100 * lead['low']:+.1f}, {100 * lead['high']:+.1f}] (n = {lead['n'][0]} and "
+                       f"{lead['n'][1]}); it {verdict}.")
+    return out
+
+
 def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
     levels = sorted({r["sparsity"] for e in result["methods"].values() for r in e["rows"]})
     lines = [f"## {result['task'].upper()}: unstructured pruners ({result['metric']})", "",
@@ -91,6 +110,9 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
     beaten = above_ticket(result)
     lines += ["**Where a peer scores above the ticket:**", ""] + ([f"- {b}" for b in beaten] or
                                                                  ["- nowhere: the IMP ticket is highest at every level it has."])
+    lines.append("")
+    lines += ["**The ticket's lead over each peer** (where both have two trainings or more):", ""] + (
+        [f"- {line}" for line in leads(result)] or ["- no level has two trainings of the ticket and of a peer yet."])
     lines.append("")
     nm, dense = result["methods"].get("imp_2:4"), result["methods"].get("imp")
     if nm and dense:

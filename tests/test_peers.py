@@ -162,3 +162,22 @@ def test_a_results_file_of_other_settings_is_refused_before_any_training(tmp_pat
         peers.main(["--task", "mrpc", "--output-root", str(tmp_path / "runs"), "--json", str(out),
                     "--methods", "oneshot", "--sparsities", "0.5"])
     assert json.loads(out.read_text()) == made and not (tmp_path / "runs").exists()
+
+
+def test_the_page_gives_the_tickets_lead_with_welchs_interval_where_both_sides_have_seeds():
+    """The interval against scipy's Welch t-test (an independent reference); a row with one training gets none."""
+    from scipy import stats
+    spec = importlib.util.spec_from_file_location("peers_page", ROOT / "benchmarks" / "peers_page.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    imp, block, one = [0.748, 0.755, 0.752], [0.725, 0.752, 0.738], [0.70]
+    result = {"methods": {"imp": {"rows": [{"sparsity": 0.7, "runs": imp}]},
+                          "movement_block": {"rows": [{"sparsity": 0.7, "runs": block}]},
+                          "movement": {"rows": [{"sparsity": 0.7, "runs": one}]}}}
+    (line,) = page.leads(result)
+    ci = stats.ttest_ind(imp, block, equal_var=False).confidence_interval(0.95)
+    assert line.startswith("At 70 %, over `movement_block`: +1.3 points")
+    assert f"[{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]" in line and "includes zero" in line
+    result["methods"]["movement_block"]["rows"][0]["runs"] = [0.70, 0.71, 0.705]
+    (line,) = page.leads(result)
+    assert "excludes zero" in line
