@@ -270,7 +270,8 @@ def run(args) -> Dict[str, Any]:
     result = previous or {**settings, "metric": get_task(config.task).metric, "one_finetuning_steps": finetuning,
                           "commands": [], "methods": {}}
     result.update(versions={"torch": torch.__version__, "transformers": transformers.__version__,
-                            "nni": nni.__version__}, commands=[*result["commands"], command],
+                            "nni": nni.__version__},
+                  commands=result["commands"] + [command] * (command not in result["commands"]),  # a repeat: once
                   full=_full(config, finetuning))
     atomic_write_text(out, json.dumps(result, indent=1, default=str))
     for method in (m for m in methods if sparsities_of(m, args.sparsities)):

@@ -84,11 +84,12 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     again = _peers(tmp_path, *budget)
     assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
     again_result = json.loads((tmp_path / "peers.json").read_text())
-    assert again_result["methods"] == result["methods"] and len(again_result["commands"]) == 2
+    assert again_result["methods"] == result["methods"]
+    assert again_result["commands"] == result["commands"]  # the same call again is listed once
     # a plan of calls adds up in one file: more seeds for one method replace its row, the others stay
     _peers(tmp_path, *budget[:2], "--methods", "oneshot", "--seeds", "2", *budget[2:])
     merged = json.loads((tmp_path / "peers.json").read_text())
-    assert len(merged["commands"]) == 3 and "--seeds 2" in merged["commands"][-1]
+    assert len(merged["commands"]) == 2 and "--seeds 2" in merged["commands"][-1]
     (row,) = merged["methods"]["oneshot"]["rows"]
     assert row["n"] == 2 and row["runs"][0] == result["methods"]["oneshot"]["rows"][0]["runs"][0]
     assert {m: e for m, e in merged["methods"].items() if m != "oneshot"} == \

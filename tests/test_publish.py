@@ -102,3 +102,21 @@ def test_publish_refuses_bad_input_before_writing(store, tmp_path):
     with pytest.raises(FileNotFoundError, match="names the IMP run imp-rte-.* pass the output_root"):
         publish(tmp_path, tmp_path / "out", tables=root / "runs" / "tables", tasks=["rte"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_card_names_the_data_that_trained_the_ticket(tmp_path):
+    from nni_bert_tickets.experiments.publish import _data
+    wikitext = tmp_path / "wikitext2"
+    wikitext.mkdir()
+    for name in ("valid.txt", "test.txt"):
+        (wikitext / name).write_text("some text\n")
+    mlm = {"task": "mlm", "settings": {"data_dir": str(wikitext), "max_train_samples": None}}
+    assert _data(mlm) == f"valid.txt of {wikitext} trains, test.txt evaluates"  # the copy without a train split
+    for name in ("train.txt", "validation.txt"):
+        (wikitext / name).write_text("some text\n")
+    assert _data(mlm) == f"train.txt of {wikitext} trains, validation.txt evaluates"
+    squad = {"task": "squad", "settings": {"squad_train_articles": 38, "max_train_samples": 2000}}
+    assert _data(squad) == ("a re-split of the SQuAD v1.1 dev set: its first 38 articles train (at most 2000 "
+                            "examples), the rest evaluate")
+    assert _data({"task": "rte", "settings": {"max_train_samples": None}}) == "the full training set"
+    assert _data({"task": "sst2", "settings": {"max_train_samples": 5000}}) == "5000 training examples"

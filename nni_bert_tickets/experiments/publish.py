@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..core.hub import CARD_FILE, TICKET_FILE, read_card
 from ..core.files import atomic_write_text
+from ..tasks.data import DataError
+from ..tasks.mlm import text_files
 from .tables import ticket_at
 from .verdicts import matching
 
@@ -115,7 +118,7 @@ def _entry(path: Path, result: Dict[str, Any], level: Optional[float]) -> Option
 
 def _notes(path: Path, result: Dict[str, Any], entry: Dict[str, Any]) -> str:
     s = result["settings"]
-    data = f"{s['max_train_samples']} training examples" if s.get("max_train_samples") else "the full training set"
+    data = _data(result)
     trainings = f", the mean of {entry['n']} trainings" if entry["n"] > 1 else " (one training)"
     return (f"Found by nni_bert_tickets on {result['model']} (`{path.name}`, experiment `{result['experiment']}`, "
             f"IMP run `{result['imp_run']}`): {data}, learning rate {s['learning_rate']}, batch {s['batch_size']}, "
@@ -125,6 +128,23 @@ def _notes(path: Path, result: Dict[str, Any], entry: Dict[str, Any]) -> str:
             f"model's is the mean (and spread) of {len(entry['full'].get('runs', [])) or 'its'} dense fine-tuning(s). "
             f"These figures are this run's, on this base model and data: not the paper's results (bert-base)."
             + _theta0_note(result))
+
+
+def _data(result: Dict[str, Any]) -> str:
+    """What trained the ticket, in words: the split actually read (offline copies may lack one) and its size."""
+    s = result["settings"]
+    cap = f" (at most {s['max_train_samples']} examples)" if s.get("max_train_samples") else ""
+    if result["task"] == "mlm" and s.get("data_dir"):
+        try:
+            files = text_files(s["data_dir"])
+        except DataError:
+            return f"the training text in {s['data_dir']}{cap}"
+        train, evaluation = (os.path.basename(files[k]) for k in ("train", "validation"))
+        return f"{train} of {s['data_dir']} trains, {evaluation} evaluates{cap}"
+    if result["task"] == "squad" and s.get("squad_train_articles"):
+        return (f"a re-split of the SQuAD v1.1 dev set: its first {s['squad_train_articles']} articles train{cap}, "
+                "the rest evaluate")
+    return f"{s['max_train_samples']} training examples" if s.get("max_train_samples") else "the full training set"
 
 
 def _theta0_note(result: Dict[str, Any]) -> str:

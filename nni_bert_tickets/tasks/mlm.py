@@ -38,7 +38,9 @@ class MLMTask:
             data = datasets.load_dataset(*HUB_DATASET)
             data = datasets.DatasetDict({"train": data["train"], "validation": data["validation"]})
         else:
-            files = _text_files(config.data_dir)
+            files = text_files(config.data_dir)
+            if os.path.basename(files["train"]) == "valid.txt":
+                _log.warning("%s has no train split: training on valid.txt, evaluating on test.txt", config.data_dir)
             data = datasets.load_dataset("text", data_files=files)
         data = data.filter(lambda row: bool(row["text"].strip()) and not row["text"].strip().startswith("="))
         empty = [split for split in ("train", "validation") if len(data[split]) == 0]
@@ -182,11 +184,11 @@ def _mask(row, tokenizer, probability: float, generator: torch.Generator):
     return {"input_ids": masked.tolist(), "labels": labels.tolist()}
 
 
-def _text_files(folder: str) -> Dict[str, str]:
+def text_files(folder: str) -> Dict[str, str]:
+    """The train and evaluation text files of ``folder``: train.txt + validation.txt, else WikiText's valid.txt + test.txt."""
     names = {"train": ["train.txt"], "validation": ["validation.txt"]}
     if os.path.isfile(os.path.join(folder, "train.txt")) and os.path.isfile(os.path.join(folder, "validation.txt")):
         return {split: os.path.join(folder, files[0]) for split, files in names.items()}
     if os.path.isfile(os.path.join(folder, "valid.txt")) and os.path.isfile(os.path.join(folder, "test.txt")):
-        _log.warning("%s has no train split: training on valid.txt, evaluating on test.txt", folder)
         return {"train": os.path.join(folder, "valid.txt"), "validation": os.path.join(folder, "test.txt")}
     raise DataError(f"MLM data: {folder} needs train.txt + validation.txt (or WikiText's valid.txt + test.txt)")
