@@ -182,3 +182,29 @@ def test_the_page_gives_the_tickets_lead_with_welchs_interval_where_both_sides_h
     result["methods"]["movement_block"]["rows"][0]["runs"] = [0.70, 0.71, 0.705]
     (line,) = page.leads(result)
     assert "excludes zero" in line
+
+
+def test_movement_scores_learn_through_our_training_loop_and_decide_the_mask(tmp_path, minilm_path, glue_dir):
+    # MRPC's single-weight movement rows predict the majority class: this separates NNI's wiring from the method.
+    # The scores are trained by NNI's own optimizer patched onto our loop's step; if our loop bypassed the patch they
+    # would stay 0 and the mask would be an arbitrary tie-break
+    import torch
+    from nni_bert_tickets.core.targets import bert_config_list
+    from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
+    from nni_bert_tickets.experiments.imp_run import prepare
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    config = ExperimentConfig(**{**load_yaml(_tiny_config(tmp_path, minilm_path, glue_dir)), "max_steps": 12,
+                                 "max_train_samples": 64, "max_eval_samples": 16,
+                                 "output_root": str(tmp_path / "runs")}).validate()
+    model, tuner = prepare(config)
+    pruner = peers.PEERS["movement"][0](model, bert_config_list(model, 0.5, pooler=False), tuner.evaluator(model), 12)
+    pruner.compress(max_steps=12, max_epochs=None)
+    masks = pruner.get_masks()
+    assert tuner.optimizer_steps == 12 and len(pruner.scores) == len(masks) > 0
+    for name, targets in pruner.scores.items():
+        score, keep = targets["weight"].detach(), masks[name]["weight"].bool()
+        assert bool((score != 0).all()), f"{name}: movement scores never moved"
+        assert keep.float().mean().item() == pytest.approx(0.5, abs=1e-6)  # per matrix, single weights
+        assert score[keep].min() >= score[~keep].max(), f"{name}: the mask does not keep the highest scores"
