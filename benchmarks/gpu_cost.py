@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import run_imp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
+from output import command, emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "examples" / "configs" / "paper"
@@ -166,7 +165,7 @@ def main(argv=None) -> None:
         model = random_bert(Path(tmp) / f"bert-{args.shape}-random", args.tokenizer, args.shape, seed=0)
         measured = {kind: measure(kind, model, args) for kind in args.kinds}
     result = {
-        "command": "python " + shlex.join(["benchmarks/gpu_cost.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command(__file__, argv),
         "note": ("bert-base shape with random weights and the embedded tokenizer's vocabulary; timings of the "
                  "library's IMP runner on this machine; the projection multiplies them by the paper protocol's "
                  "fine-tunings, and the cheap-search column by a CPU cost model (top_down, geometric mean saving "

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
+import sys
 import traceback
 import warnings
 from pathlib import Path
@@ -17,9 +17,11 @@ from typing import Any, Dict
 import torch
 
 from nni_bert_tickets.core.architectures import structured_layers
-from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import command, emit, structured_arguments  # noqa: E402  (benchmarks/ is the script's folder)
 
 _log = logging.getLogger("nni_speedup")
 
@@ -66,20 +68,13 @@ def nni_modelspeedup(config: ExperimentConfig, head_sparsity: float, channel_spa
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
-    parser.add_argument("--data-dir", default="../shared/data/glue")
-    parser.add_argument("--head-sparsity", type=float, default=0.5)
-    parser.add_argument("--channel-sparsity", type=float, default=0.5)
+    structured_arguments(parser)
     parser.add_argument("--json", help="write the outcome here")
     args = parser.parse_args(argv)
     config = ExperimentConfig(task=args.task, model=args.model, data_dir=args.data_dir, max_train_samples=64,
                               max_length=64, output_root="runs/nni_speedup").validate()
-    text = json.dumps({"command": "python benchmarks/nni_speedup.py --task " + args.task + " --json " + str(args.json),
-                       **nni_modelspeedup(config, args.head_sparsity, args.channel_sparsity)}, indent=1)
-    if args.json:
-        atomic_write_text(Path(args.json), text + "\n")
-    print(text)
+    outcome = nni_modelspeedup(config, args.head_sparsity, args.channel_sparsity)
+    emit({"command": command(__file__, argv), **outcome}, args.json)
 
 
 if __name__ == "__main__":

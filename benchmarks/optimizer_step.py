@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shlex
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from nni_bert_tickets.tasks.data import load_pretrained_body
 from nni_bert_tickets.training.loop import parameter_groups
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
+from output import command, emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"per_tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -58,7 +57,7 @@ def run(args) -> dict:
             opts[k].step()
             samples[k].append(time.perf_counter() - start)
     reference = dict(models["per_tensor"].named_parameters())
-    out = {"command": "python " + shlex.join(["benchmarks/optimizer_step.py", *sys.argv[1:]]),
+    out = {"command": command(__file__),
            "model": args.model, "threads": args.threads, "steps": args.steps,
            "parameters": sum(p.numel() for p in base.parameters()),
            "note": "one AdamW step on this machine's CPU; other work paused; median over the steps after the first",

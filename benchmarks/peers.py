@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -54,6 +53,9 @@ from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
 from nni_bert_tickets.experiments.imp_run import prepare, run_imp
 from nni_bert_tickets.experiments.tables import baseline, cached, full_model
 from nni_bert_tickets.tasks import get_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import command as script_command  # noqa: E402  (benchmarks/ is the script's folder)
 
 _log = logging.getLogger("peers")
 BLOCK = [32, 32]
@@ -266,7 +268,7 @@ def run(args) -> Dict[str, Any]:
                          f"pass another --json or move that file away")
     asked = max(args.sparsities)
     finetuning = prepare(config)[1].num_training_steps()  # T: one fine-tuning's optimizer steps
-    command = " ".join(["python", "benchmarks/peers.py", *map(shlex.quote, sys.argv[1:])])
+    command = script_command(__file__)
     result = previous or {**settings, "metric": get_task(config.task).metric, "one_finetuning_steps": finetuning,
                           "commands": [], "methods": {}}
     result.update(versions={"torch": torch.__version__, "transformers": transformers.__version__,

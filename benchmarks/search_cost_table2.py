@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -41,7 +40,8 @@ from nni_bert_tickets.experiments.imp_run import imp_run_dir
 from nni_bert_tickets.experiments.tables import imp_ticket, table2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_cost import overlap  # noqa: E402  (the benchmark beside this one)
+from output import command  # noqa: E402  (the benchmarks beside this one)
+from search_cost import overlap  # noqa: E402
 
 
 def trainings(result: Dict[str, Any], config: ExperimentConfig) -> Dict[str, int]:
@@ -141,8 +141,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = {"command": "python " + shlex.join(["benchmarks/search_cost_table2.py",
-                                                 *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": command(__file__, argv),
               "note": "the embedded 6-layer model at CPU scale, not the paper's numbers",
               "early_stop": {"check_every": args.check_every, "threshold": args.threshold, "patience": args.patience,
                              "window": args.window, "min_fraction": args.min_fraction},

@@ -17,7 +17,6 @@ CPU: the kernels exist only on CUDA GPUs of compute capability 8.0 or higher, so
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from nni_bert_tickets.core.masks import is_nm
 from nni_bert_tickets.core.targets import prunable_modules
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from output import emit  # noqa: E402  (benchmarks/ is the script's folder)
+from output import command, emit  # noqa: E402  (benchmarks/ is the script's folder)
 
 SHAPES = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
           "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -117,8 +116,7 @@ def main(argv=None) -> None:
         parser.error("--batches, --length and --repeats must be >= 1")
     rows = [row for shape in args.shapes for dtype in args.dtypes
             for row in measure(shape, dtype, args.batches, args.length, args.repeats)]
-    result = {"command": "python " + shlex.join(["benchmarks/semi_structured.py",
-                                                 *(sys.argv[1:] if argv is None else argv)]),
+    result = {"command": command(__file__, argv),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "note": "random weights with a one-shot 2:4 magnitude mask (speed does not depend on the values); "
                       "dense = the same model with its zeros; pooler, embeddings and head dense in both",

@@ -30,9 +30,7 @@ import json
 import logging
 import math
 import os
-import shlex
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -50,6 +48,7 @@ from nni_bert_tickets.experiments.tables import cached
 from nni_bert_tickets.tasks import get_task
 
 from nni_speedup import nni_modelspeedup  # noqa: E402  (benchmarks/ is the script's folder)
+from output import command  # noqa: E402
 from timing import time_models, timing_batches  # noqa: E402
 
 _log = logging.getLogger("structured_peers")
@@ -289,7 +288,7 @@ def run(args) -> Dict[str, Any]:
     base, tuner = prepare(config)
     finetuning = tuner.num_training_steps()  # T
     out = Path(args.json or f"docs/results/peers_structured-{config.task}.json")
-    result = {"command": " ".join(["python", "benchmarks/structured_peers.py", *map(shlex.quote, sys.argv[1:])]),
+    result = {"command": command(__file__),
               "task": config.task, "config": path, "model": config.model, "metric": get_task(config.task).metric,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "nni": nni.__version__, "torch_pruning": tp.__version__},

@@ -9,13 +9,19 @@ timed on the same validation inputs, same batches, in this process.
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import prepare
 from nni_bert_tickets.core.structured import StructuredIMP, save_structured
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import command, structured_arguments  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 @torch.no_grad()
@@ -31,22 +37,18 @@ def examples_per_second(model, batches, repeats=3):
     return sum(len(b["input_ids"]) for b in batches) / statistics.median(times)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--model", default="../shared/models/all-MiniLM-L6-v2")
-    parser.add_argument("--data-dir", default="../shared/data/glue")
+    structured_arguments(parser)
     parser.add_argument("--train-samples", type=int, default=2000)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--head-sparsity", type=float, default=0.5)
-    parser.add_argument("--channel-sparsity", type=float, default=0.5)
     parser.add_argument("--step", type=float, default=0.25)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--save", help="also save the structured ticket here (loads with transformers alone)")
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = ExperimentConfig(task=args.task, model=args.model, data_dir=args.data_dir, epochs=args.epochs,
                               max_train_samples=args.train_samples, learning_rate=args.learning_rate,
                               max_length=args.max_length, seed=args.seed).validate()
@@ -67,7 +69,7 @@ def main():
                for b in tuner.eval_batches(tuner.eval_data[tuner.task.eval_splits[0]])]
     dense_speed = examples_per_second(dense_state["model"], batches)
     small_speed = examples_per_second(small, batches)
-    result = {"task": args.task, "head_sparsity": imp.ticket.head_sparsity,
+    result = {"command": command(__file__, argv), "task": args.task, "head_sparsity": imp.ticket.head_sparsity,
               "channel_sparsity": imp.ticket.channel_sparsity,
               "dense_params": sum(p.numel() for p in dense_state["model"].parameters()),
               "ticket_params": sum(p.numel() for p in small.parameters()),
@@ -81,8 +83,7 @@ def main():
     if args.save:
         save_structured(small, imp.ticket, args.save, tuner.tokenizer)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
