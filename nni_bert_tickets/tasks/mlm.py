@@ -185,7 +185,8 @@ def _mask(row, tokenizer, probability: float, generator: torch.Generator):
 
 
 def text_files(folder: str) -> Dict[str, str]:
-    """The train and evaluation text files of ``folder``: train.txt + validation.txt, else WikiText's valid.txt + test.txt."""
+    """The train and evaluation text files of ``folder``: train.txt + validation.txt, else WikiText's valid.txt +
+    test.txt (the offline copy without a train split)."""
     names = {"train": ["train.txt"], "validation": ["validation.txt"]}
     if os.path.isfile(os.path.join(folder, "train.txt")) and os.path.isfile(os.path.join(folder, "validation.txt")):
         return {split: os.path.join(folder, files[0]) for split, files in names.items()}
