@@ -4,16 +4,19 @@ The digest covers every tensor of the file (name, dtype, shape and raw bytes: th
 weights) and every header entry but itself (format, metadata, mask shapes), so a changed bit anywhere in what
 the ticket means changes it. It is stored in the safetensors header as ``sha256``; files written before it
 existed carry none and still load.
+
+The fingerprint is the other hash a ticket carries: of the base weights it was found on (its surviving entries), so
+that applying it to other weights is refused.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 
-__all__ = ["DIGEST_KEY", "ticket_digest", "digest_problem", "file_holds"]
+__all__ = ["DIGEST_KEY", "ticket_digest", "digest_problem", "file_holds", "fingerprint", "matrix_fingerprints"]
 DIGEST_KEY = "sha256"
 _HEADER = {"format", "meta", "mask_shapes", DIGEST_KEY}  # every entry a ticket's header may have
 _log = logging.getLogger("nni_bert_tickets.core.ticket")
@@ -66,3 +69,31 @@ def file_holds(path: str, digest: str) -> bool:
 def _update(digest, label: str, data: bytes) -> None:
     digest.update(f"{label}:{len(data)};".encode())  # lengths first: no two layouts hash the same
     digest.update(data)
+
+
+def fingerprint(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the names, shapes and float32 values of the *surviving* weights.
+
+    Pruned positions hash as zero, so a base model and the same model with the ticket applied agree.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(masks):
+        _hash_matrix(digest, key, weights[key], masks[key])
+    return digest.hexdigest()
+
+
+def matrix_fingerprints(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> Dict[str, str]:
+    """One short fingerprint per matrix (as :func:`fingerprint`), so that a ticket applied to a model lacking
+    one of its matrices (a pooler) can still check the base weights of the others."""
+    out = {}
+    for key in sorted(masks):
+        digest = hashlib.sha256()
+        _hash_matrix(digest, key, weights[key], masks[key])
+        out[key] = digest.hexdigest()[:16]
+    return out
+
+
+def _hash_matrix(digest, key: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
+    w = weight.detach().float().cpu()
+    digest.update(f"{key}:{tuple(w.shape)};".encode())
+    digest.update(torch.where(mask.cpu(), w, torch.zeros(())).numpy().tobytes())

@@ -24,7 +24,8 @@ from .imp_state import (RunStore, body_fingerprint, head_names, restore_state, r
 from .rewind import Rewind
 from .seeding import level_seed, seed_round
 from .round_evaluator import RoundEvaluator, quiet_step_patch
-from .ticket import Ticket, model_name, fingerprint, prunable_weights
+from .digest import fingerprint
+from .ticket import Ticket, model_name, prunable_weights
 
 __all__ = ["IMPPruner", "RandomPruner"]
 _log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class IMPPruner(_TicketPruner):
             self.early_stop.check_round(self._round_steps(max_steps, max_epochs))
         for level in range(self._resume(), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
-            self._seed_everything(level)
+            seed_round(self.seed, level)
             shared = level == 0 and self.dense_round is not None                # round 0 trained once, for all runs
             result = (self._shared_dense_round(max_steps, max_epochs) if shared
                       else self._train_and_evaluate(level, max_steps, max_epochs))  # train f(x; m ⊙ θ) (θi: round 0)
@@ -357,9 +358,6 @@ class IMPPruner(_TicketPruner):
             return None
         prefix, head = base_prefix(self.bound_model), head_names(self.bound_model)
         return {unwrapped_name(n)[len(prefix):]: v for n, v in self._rewind_state.items() if n not in head}
-
-    def _seed_everything(self, level: int) -> None:
-        seed_round(self.seed, level)
 
     # ---- the run on disk, saved beside each round (see :class:`~.imp_state.RunStore`) ----------------------------
     def _settings(self) -> Dict[str, Any]:

@@ -9,7 +9,6 @@ entry) still loads.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import masks as M
-from .digest import DIGEST_KEY, digest_problem, file_holds, ticket_digest
+from .digest import DIGEST_KEY, digest_problem, file_holds, fingerprint, matrix_fingerprints, ticket_digest
 from .errors import TicketError
 from .files import atomic_write
 from .architectures import model_type as type_of
@@ -34,39 +33,10 @@ _FORMAT_0_1 = "nni_bert_tickets.ticket/1"  # version 0.1.0: one bool byte per ma
 _log = logging.getLogger(__name__)
 
 
-
 def prunable_weights(model: torch.nn.Module, pooler: Optional[bool] = None) -> Dict[str, torch.Tensor]:
     """The model's prunable weights by ticket key (the live parameters, not copies); ``pooler`` as in
     :func:`~nni_bert_tickets.core.targets.prunable_modules`."""
     return {ticket_key(model, name): module.weight for name, module in prunable_modules(model, pooler).items()}
-
-
-def fingerprint(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of the names, shapes and float32 values of the *surviving* weights.
-
-    Pruned positions hash as zero, so a base model and the same model with the ticket applied agree.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(masks):
-        _hash_matrix(digest, key, weights[key], masks[key])
-    return digest.hexdigest()
-
-
-def matrix_fingerprints(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> Dict[str, str]:
-    """One short fingerprint per matrix (as :func:`fingerprint`), so that a ticket applied to a model lacking
-    one of its matrices (a pooler) can still check the base weights of the others."""
-    out = {}
-    for key in sorted(masks):
-        digest = hashlib.sha256()
-        _hash_matrix(digest, key, weights[key], masks[key])
-        out[key] = digest.hexdigest()[:16]
-    return out
-
-
-def _hash_matrix(digest, key: str, weight: torch.Tensor, mask: torch.Tensor) -> None:
-    w = weight.detach().float().cpu()
-    digest.update(f"{key}:{tuple(w.shape)};".encode())
-    digest.update(torch.where(mask.cpu(), w, torch.zeros(())).numpy().tobytes())
 
 
 @dataclass
