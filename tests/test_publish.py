@@ -101,6 +101,15 @@ def test_publish_refuses_bad_input_before_writing(store, tmp_path):
         publish(root / "runs", tmp_path / "out", levels={"mrpc": 0.55}, tasks=["mrpc"])
     with pytest.raises(FileNotFoundError, match="names the IMP run imp-rte-.* pass the output_root"):
         publish(tmp_path, tmp_path / "out", tables=root / "runs" / "tables", tasks=["rte"])
+    # a store that holds MRPC's run but not RTE's: refused before MRPC's folder (first in order) is written
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (imp_run,) = [p for p in (root / "runs").iterdir() if p.name.startswith("imp-mrpc-")]
+    (partial / imp_run.name).symlink_to(imp_run)
+    with pytest.raises(FileNotFoundError, match="names the IMP run imp-rte-"):
+        publish(partial, tmp_path / "out", tables=root / "runs" / "tables", tasks=["mrpc", "rte"])
+    with pytest.raises(ValueError, match="table2-rte.json has no level 0.55"):  # mrpc's level (first) is fine
+        publish(root / "runs", tmp_path / "out", levels={"mrpc": 0.1, "rte": 0.55})
     assert not (tmp_path / "out").exists()
 
 

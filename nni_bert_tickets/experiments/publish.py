@@ -47,18 +47,20 @@ def publish(output_root: str | Path, out: str | Path, *, base_model: Optional[st
     unknown = sorted(set(tasks or []) - set(results)) + sorted(set(levels or {}) - set(results))
     if unknown:
         raise ValueError(f"no result for {unknown} in {tables} (it has {sorted(results)})")
+    chosen = {task: found for task, found in sorted(results.items()) if not tasks or task in tasks}
+    missing = [f"{path.name} names the IMP run {result['imp_run']}" for path, result in chosen.values()
+               if not (output_root / result["imp_run"] / "imp" / "trajectory.json").is_file()]
+    if missing:  # every task is checked before any folder is written
+        raise FileNotFoundError(f"{'; '.join(missing)}: not under {output_root}; pass the output_root the results were "
+                                f"made in, or --tasks without them")
+    entries = {task: _entry(path, result, (levels or {}).get(task)) for task, (path, result) in chosen.items()}
     written = []
-    for task, (path, result) in sorted(results.items()):
-        if tasks and task not in tasks:
-            continue
-        entry = _entry(path, result, (levels or {}).get(task))
+    for task, (path, result) in chosen.items():
+        entry = entries[task]
         if entry is None:
             _log.warning("%s: no matching level in %s; nothing published for it", task, path.name)
             continue
         run_dir = output_root / result["imp_run"]
-        if not (run_dir / "imp" / "trajectory.json").is_file():
-            raise FileNotFoundError(f"{path.name} names the IMP run {result['imp_run']}, which is not under "
-                                    f"{output_root}: pass the output_root the results were made in")
         ticket = ticket_at(run_dir, entry["level"])
         folder = out / f"{task}-{round(100 * entry['level'])}"
         dataset, config = _DATASETS.get(task, ("nyu-mll/glue", task))
