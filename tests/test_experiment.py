@@ -49,6 +49,9 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
         b = Ticket.load(run_dir / "imp" / f"ticket-round{level:02d}.safetensors")
         assert a.masks.keys() == b.masks.keys() and all((a.masks[k] == b.masks[k]).all() for k in a.masks)
     assert (run_dir / "config.yaml").exists() and (run_dir / "log.txt").exists()
+    log = (run_dir / "log.txt").read_text()  # each start logs what its floats depend on beyond the seeds
+    assert log.count(f"{config.run_name()} on torch {torch.__version__}") == 2
+    assert f"{torch.get_num_threads()} threads" in log
     tickets = [f"ticket-round{level:02d}.safetensors" for level in range(3)]
     assert sorted(os.listdir(run_dir / "imp")) == tickets + ["trajectory.json"]  # keep: tickets
     assert (tmp_path / "a" / config.run_name() / "imp" / "imp_state.safetensors").exists()  # keep: all

@@ -188,7 +188,6 @@ def test_movement_scores_learn_through_our_training_loop_and_decide_the_mask(tmp
     # MRPC's single-weight movement rows predict the majority class: this separates NNI's wiring from the method.
     # The scores are trained by NNI's own optimizer patched onto our loop's step; if our loop bypassed the patch they
     # would stay 0 and the mask would be an arbitrary tie-break
-    import torch
     from nni_bert_tickets.core.targets import bert_config_list
     from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
     from nni_bert_tickets.experiments.imp_run import prepare

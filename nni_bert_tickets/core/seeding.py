@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["level_seed", "seed_round"]
+__all__ = ["environment", "level_seed", "seed_round"]
 
 
 def level_seed(seed: int, level: int) -> int:
@@ -23,3 +23,15 @@ def seed_round(seed: int, level: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def environment() -> str:
+    """What a run's floats depend on beyond its seeds, as one line for its log: library versions, the CPU kernels
+    torch dispatches to, its thread count and any CUDA device. Equal seeds reproduce a run bit for bit only where
+    this line is equal too, so a rerun that drifts from a logged run can be told apart from a code change."""
+    import transformers  # only here: seeding itself does not need it
+    parts = [f"torch {torch.__version__}", f"transformers {transformers.__version__}",
+             f"CPU kernels {torch.backends.cpu.get_cpu_capability()}", f"{torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        parts.append(f"CUDA device {torch.cuda.get_device_name()}")
+    return ", ".join(parts)
