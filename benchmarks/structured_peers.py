@@ -15,10 +15,13 @@ At the CPU settings of ``examples/configs/cpu/table2-<task>.yaml`` (overridable 
   round (rounds × T), so that the total equals the ticket's.
 
 NNI 3 ``TaylorPruner`` + ``ModelSpeedup`` is tried first, on θ0 (two gradient steps, then the speed-up):
-what it did, with the versions, is recorded in the JSON (``nni_modelspeedup``). Every variant is timed in this one
+what it did, with the versions, is recorded in the JSON (``nni_modelspeedup``). Every variant's shape (its first
+seed's heads and channels per layer, with θ0's values: a forward's cost depends on shapes only) is timed in this one
 process (batch 1 and batch 32, length 128, ``--threads`` threads, median of ``--repeats`` interleaved timings)
-against the dense fine-tuned model; speed-up = dense median / variant median. Each fine-tuning is a unit of the run
-store (``cached``): a killed benchmark resumes at the first unfinished one. Steps count from θ0, dense round included.
+against the dense model; speed-up = dense median / variant median. Each fine-tuning is a unit of the run store
+(``cached``): a killed benchmark resumes at the first unfinished one, and units carried to another machine without
+their weights need only the dense fine-tunings redone (checked to reproduce). Steps count from θ0, dense round
+included.
 
     python benchmarks/structured_peers.py --task sst2 --json docs/results/peers_structured-sst2.json
 """
@@ -39,7 +42,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from nni_bert_tickets.core.architectures import structured_layers
-from nni_bert_tickets.core.files import atomic_write_text
+from nni_bert_tickets.core.files import atomic_write, atomic_write_text
 from nni_bert_tickets.core.naming import unit_name
 from nni_bert_tickets.core.structured import StructuredIMP, StructuredTicket, structured_ticket_model
 from nni_bert_tickets.experiments.config import ExperimentConfig, load_yaml
@@ -152,7 +155,8 @@ def _unit(config: ExperimentConfig, kind: str, settings: Dict[str, Any], compute
 
 
 def _save(model, run_dir: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(run_dir / WEIGHTS))
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(run_dir / WEIGHTS, lambda tmp: save_file(tensors, tmp))
 
 
 def _structure(model, ticket: StructuredTicket) -> Dict[str, Any]:
@@ -175,7 +179,10 @@ def grad_batches(tuner, seed: int, count: int) -> List[Dict[str, torch.Tensor]]:
 
 
 def dense_unit(config: ExperimentConfig, seed: int):
-    """The dense model fine-tuned once: every variant's start (the ticket's round 0, the peers' input)."""
+    """The dense model fine-tuned once: every variant's start (the ticket's round 0, the peers' input).
+
+    A unit whose result is recorded but whose weights are gone (units travel between machines without their
+    weights) is fine-tuned again, and must reproduce its recorded metrics exactly before anything starts from it."""
     seeded = dataclasses.replace(config, seed=seed)
 
     def compute(run_dir):
@@ -184,7 +191,16 @@ def dense_unit(config: ExperimentConfig, seed: int):
         metrics = tuner.fit(model)
         _save(model, run_dir)
         return {**metrics, "steps": tuner.optimizer_steps, "parameters": sum(p.numel() for p in model.parameters())}
-    return _unit(config, "spdense", {**config.training_settings(), "seed": seed}, compute)
+    result, run_dir = _unit(config, "spdense", {**config.training_settings(), "seed": seed}, compute)
+    if not (run_dir / WEIGHTS).exists():
+        _log.info("%s has its result but not its weights: fine-tuning it again", run_dir.name)
+        again = json.loads(json.dumps(compute(run_dir), default=str))
+        if again != result:
+            (run_dir / WEIGHTS).unlink()
+            raise RuntimeError(f"{run_dir.name}: fine-tuned again for its missing weights, it gave {again}, not its "
+                               f"recorded {result}; the variants built on it would not match. Remove {run_dir} to "
+                               "start it and them over")
+    return result, run_dir
 
 
 def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: float, importance: str,
@@ -246,11 +262,11 @@ def peer_unit(config: ExperimentConfig, seed: int, h: float, c: float, importanc
 
 
 # ---- timing -------------------------------------------------------------------------------------------------
-def _rebuild(base, example, result: Dict[str, Any], run_dir: Path):
+def _shape(base, example, result: Dict[str, Any]):
+    """A model of the variant's shape (its heads and channels per layer) with ``base``'s values: what is timed. A
+    forward's cost depends on the shapes, not on the values, so timing needs no weights from the run store."""
     ticket = StructuredTicket(result["heads"], result["channels"], result["head_size"])
-    model = structured_ticket_model(base, ticket, example)
-    model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
-    return model.eval()
+    return structured_ticket_model(base, ticket, example).eval()
 
 
 def _summary(runs: List[Dict[str, Any]], what: str) -> Dict[str, Any]:
@@ -304,7 +320,7 @@ def run(args) -> Dict[str, Any]:
     write()
     dense = [dense_unit(config, config.seed + i) for i in range(max(p[2] for p in points))]
     result["dense"] = _summary([d for d, _ in dense], "the dense model, fine-tuned once")
-    timed: Dict[str, Tuple[Dict[str, Any], Path]] = {}  # the first seed's model of each variant and point
+    timed: Dict[str, Dict[str, Any]] = {}  # the first seed's result of each variant and point (its shape)
     for h, c, seeds in points:
         rounds = math.ceil(max(h, c) / args.step - 1e-9)
         entry = {"head_sparsity": h, "channel_sparsity": c, "seeds": seeds, "ticket_rounds": rounds, "variants": {}}
@@ -329,14 +345,13 @@ def run(args) -> Dict[str, Any]:
                     break
                 runs.append(unit[0])
                 if i == 0:
-                    timed[f"{method}@{h}:{c}"] = unit
+                    timed[f"{method}@{h}:{c}"] = unit[0]
             entry["variants"][method] = {**_summary(runs, METHODS[method]), **({"error": error} if error else {})}
             write()
     _log.info("timing %d models and the dense one", len(timed))
     result["timing"]["load_average_before"] = os.getloadavg()  # other work on the machine skews the timings
     example = example_inputs(tuner)
-    models = {name: _rebuild(base, example, *unit) for name, unit in timed.items()}
-    base.load_state_dict(load_file(str(dense[0][1] / WEIGHTS)))
+    models = {name: _shape(base, example, unit) for name, unit in timed.items()}
     models["dense"] = base.eval()
     medians = time_models(models, timing_batches(tuner, args.length, args.timing_examples, args.batch_sizes),
                           args.repeats, args.threads)

@@ -59,10 +59,11 @@ def test_points_the_peers_cannot_cut_evenly_are_refused():
 def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glue_dir fails if ../shared is missing
     monkeypatch.chdir(ROOT)
     out = tmp_path / "peers_structured.json"
-    sp.main(["--task", "sst2", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-steps", "1",
-             "--max-length", "32", "--points", "0.5:0.25", "--repeats", "1", "--length", "32", "--batch-sizes", "1",
-             "4", "--timing-examples", "4", "--taylor-batches", "1", "--output-root", str(tmp_path / "runs"),
-             "--json", str(out)])
+    argv = ["--task", "sst2", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-steps", "1",
+            "--max-length", "32", "--points", "0.5:0.25", "--repeats", "1", "--length", "32", "--batch-sizes", "1",
+            "4", "--timing-examples", "4", "--taylor-batches", "1", "--output-root", str(tmp_path / "runs"),
+            "--json", str(out)]
+    sp.main(argv)
     result = json.loads(out.read_text())
     assert result["one_finetuning_steps"] == 1 and set(result["versions"]) >= {"torch", "transformers", "nni"}
     nni = result["nni_modelspeedup"]
@@ -97,3 +98,22 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
     ahead = [m for m, v in point["variants"].items() if m.startswith("tp_")
              and v["mean"] > point["variants"]["ticket"]["mean"]]
     assert ("Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + ".") in text
+
+    # carried without weights (settings.json and result.json only): the dense fine-tuning is redone and checked, the
+    # other units are read back, and timing needs no weights
+    runs = tmp_path / "runs"
+    for weights in runs.rglob(sp.WEIGHTS):
+        weights.unlink()
+    sp.main(argv)
+    again = json.loads(out.read_text())
+    assert {m: v["runs"] for m, v in again["points"][0]["variants"].items()} == \
+        {m: v["runs"] for m, v in point["variants"].items()}
+    (dense_dir,) = [d for d in runs.iterdir() if d.name.startswith("spdense-")]
+    assert (dense_dir / sp.WEIGHTS).exists() and not list(runs.glob("sppeer-*/" + sp.WEIGHTS))
+    # a dense unit that does not reproduce its recorded result is refused, naming it, and leaves no weights
+    recorded = json.loads((dense_dir / "result.json").read_text())
+    (dense_dir / "result.json").write_text(json.dumps({**recorded, "default": recorded["default"] + 0.5}))
+    (dense_dir / sp.WEIGHTS).unlink()
+    with pytest.raises(RuntimeError, match=f"{dense_dir.name}: fine-tuned again for its missing weights"):
+        sp.main(argv)
+    assert not (dense_dir / sp.WEIGHTS).exists()
