@@ -121,7 +121,7 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
         if a and b and b.get("mean") is not None:
             gap = 100 * (a["mean"] - b["mean"])
             lines += [f"**2:4 ticket against the unstructured ticket at {pct(a['sparsity'])}:** {cell(a)} against "
-                      f"{cell(b)}, {gap:+.1f} points ({'within' if abs(gap) <= 1 else 'not within'} 1 point). "
+                      f"{cell(b)}, {gap:+.2f} points ({'within' if abs(gap) <= 1 else 'not within'} 1 point). "
                       "Accuracy only: no CPU speed-up is claimed for 2:4.", ""]
     return lines
 

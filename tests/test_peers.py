@@ -125,7 +125,7 @@ def _check_page(tmp_path, result, png):
         said = f"`{method}` (" in text.split("Where a peer scores above the ticket")[1].split("**2:4")[0]
         assert said == (method != "imp" and row["mean"] > imp), method
     nm = result["methods"]["imp_2:4"]["rows"][0]["mean"]
-    assert f"{100 * (nm - imp):+.1f} points" in text
+    assert f"{100 * (nm - imp):+.2f} points" in text
     with pytest.raises(SystemExit, match="holds no peers"):
         page.main([str(tmp_path / "runs"), "--out", str(tmp_path / "nothing.md")])
 
