@@ -20,8 +20,8 @@ seed's heads and channels per layer, with θ0's values: a forward's cost depends
 process (batch 1 and batch 32, length 128, ``--threads`` threads, median of ``--repeats`` interleaved timings)
 against the dense model; speed-up = dense median / variant median. Each fine-tuning is a unit of the run store
 (``cached``): a killed benchmark resumes at the first unfinished one, and units carried to another machine without
-their weights need only the dense fine-tunings redone (checked to reproduce). Steps count from θ0, dense round
-included.
+their weights need a dense fine-tuning redone (checked to reproduce) only when an unfinished variant starts from it.
+Steps count from θ0, dense round included.
 
     python benchmarks/structured_peers.py --task sst2 --json docs/results/peers_structured-sst2.json
 """
@@ -35,7 +35,7 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from accelerate.utils import set_seed
@@ -178,11 +178,17 @@ def grad_batches(tuner, seed: int, count: int) -> List[Dict[str, torch.Tensor]]:
     return batches
 
 
-def dense_unit(config: ExperimentConfig, seed: int):
-    """The dense model fine-tuned once: every variant's start (the ticket's round 0, the peers' input).
+class DenseMismatch(RuntimeError):
+    """A dense unit fine-tuned again for its missing weights did not reproduce its recorded result."""
+
+
+def dense_unit(config: ExperimentConfig, seed: int) -> Tuple[Dict[str, Any], Callable[[], Path]]:
+    """The dense model fine-tuned once: every variant's start (the ticket's round 0, the peers' input). Returns its
+    result and a function giving its weights' path.
 
     A unit whose result is recorded but whose weights are gone (units travel between machines without their
-    weights) is fine-tuned again, and must reproduce its recorded metrics exactly before anything starts from it."""
+    weights) is fine-tuned again when a variant first needs the weights, and must reproduce its recorded metrics
+    exactly before anything starts from it."""
     seeded = dataclasses.replace(config, seed=seed)
 
     def compute(run_dir):
@@ -192,20 +198,23 @@ def dense_unit(config: ExperimentConfig, seed: int):
         _save(model, run_dir)
         return {**metrics, "steps": tuner.optimizer_steps, "parameters": sum(p.numel() for p in model.parameters())}
     result, run_dir = _unit(config, "spdense", {**config.training_settings(), "seed": seed}, compute)
-    if not (run_dir / WEIGHTS).exists():
-        _log.info("%s has its result but not its weights: fine-tuning it again", run_dir.name)
-        again = json.loads(json.dumps(compute(run_dir), default=str))
-        if again != result:
-            (run_dir / WEIGHTS).unlink()
-            raise RuntimeError(f"{run_dir.name}: fine-tuned again for its missing weights, it gave {again}, not its "
-                               f"recorded {result}; the variants built on it would not match. Remove {run_dir} to "
-                               "start it and them over")
-    return result, run_dir
+
+    def weights() -> Path:
+        if not (run_dir / WEIGHTS).exists():
+            _log.info("%s has its result but not its weights: fine-tuning it again", run_dir.name)
+            again = json.loads(json.dumps(compute(run_dir), default=str))
+            if again != result:
+                (run_dir / WEIGHTS).unlink()
+                raise DenseMismatch(f"{run_dir.name}: fine-tuned again for its missing weights, it gave {again}, not "
+                                   f"its recorded {result}; the variants built on it would not match. Remove "
+                                   f"{run_dir} to start it and them over")
+        return run_dir / WEIGHTS
+    return result, weights
 
 
 def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: float, importance: str,
                 taylor_batches: int, dense):
-    seeded, (dense_result, dense_dir) = dataclasses.replace(config, seed=seed), dense
+    seeded, (dense_result, dense_weights) = dataclasses.replace(config, seed=seed), dense
     settings = {**config.training_settings(), "seed": seed, "head_sparsity": h, "channel_sparsity": c,
                 "step": step, "importance": importance,
                 **({"taylor_batches": taylor_batches} if importance == "taylor" else {})}
@@ -216,7 +225,7 @@ def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: f
 
         def fit(m):
             if not steps:  # round 0 is the dense fine-tuning: read back, not retrained
-                m.load_state_dict(load_file(str(dense_dir / WEIGHTS)))
+                m.load_state_dict(load_file(str(dense_weights())))
                 steps.append(dense_result["steps"])
                 return dense_result
             metrics = tuner.fit(m)
@@ -240,14 +249,14 @@ def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: f
 def peer_unit(config: ExperimentConfig, seed: int, h: float, c: float, importance: str, finetune_steps: int,
               taylor_batches: int, dense):
     import torch_pruning as tp
-    seeded, (dense_result, dense_dir) = dataclasses.replace(config, seed=seed), dense
+    seeded, (dense_result, dense_weights) = dataclasses.replace(config, seed=seed), dense
     settings = {**config.training_settings(), "seed": seed, "head_sparsity": h, "channel_sparsity": c,
                 "importance": importance, "finetune_steps": finetune_steps, "torch_pruning": tp.__version__,
                 **({"taylor_batches": taylor_batches} if importance == "taylor" else {})}
 
     def compute(run_dir):
         model, tuner = prepare(seeded)
-        model.load_state_dict(load_file(str(dense_dir / WEIGHTS)))
+        model.load_state_dict(load_file(str(dense_weights())))
         first = structured_layers(model)[0]
         heads, channels = getattr(first.attention, first.head_attrs[0]), first.ffn_in.out_features
         ticket = tp_prune(model, importance, round(h * heads), round(c * channels), example_inputs(tuner),
@@ -338,7 +347,7 @@ def run(args) -> Dict[str, Any]:
                         unit = peer_unit(config, seed, h, c, method.split("_")[1], steps, args.taylor_batches,
                                          dense[i])
                 except Exception as exc:  # a peer that fails on this stack is a result, recorded as such
-                    if method.startswith("ticket"):
+                    if method.startswith("ticket") or isinstance(exc, DenseMismatch):
                         raise
                     _log.exception("%s at %s:%s failed", method, h, c)
                     error = f"{type(exc).__name__}: {exc}"

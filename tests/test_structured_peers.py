@@ -3,6 +3,7 @@ attention attributes fixed by hand; on a tiny budget every variant reaches the J
 import copy
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -99,8 +100,8 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
              and v["mean"] > point["variants"]["ticket"]["mean"]]
     assert ("Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + ".") in text
 
-    # carried without weights (settings.json and result.json only): the dense fine-tuning is redone and checked, the
-    # other units are read back, and timing needs no weights
+    # carried without weights (settings.json and result.json only): every unit is read back and timing needs no
+    # weights, so nothing is fine-tuned again
     runs = tmp_path / "runs"
     for weights in runs.rglob(sp.WEIGHTS):
         weights.unlink()
@@ -108,12 +109,22 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
     again = json.loads(out.read_text())
     assert {m: v["runs"] for m, v in again["points"][0]["variants"].items()} == \
         {m: v["runs"] for m, v in point["variants"].items()}
+    assert not list(runs.rglob(sp.WEIGHTS))
+    # an unfinished variant needs the dense model: it is fine-tuned again, checked, and the variant comes out the same
     (dense_dir,) = [d for d in runs.iterdir() if d.name.startswith("spdense-")]
-    assert (dense_dir / sp.WEIGHTS).exists() and not list(runs.glob("sppeer-*/" + sp.WEIGHTS))
+    (peer_dir,) = [d for d in runs.iterdir() if d.name.startswith("sppeer-") and
+                   json.loads((d / "settings.json").read_text())["importance"] == "magnitude" and
+                   json.loads((d / "result.json").read_text())["steps"] == steps["tp_magnitude"]]
+    shutil.rmtree(peer_dir)
+    sp.main(argv)
+    again = json.loads(out.read_text())
+    assert again["points"][0]["variants"]["tp_magnitude"]["runs"] == point["variants"]["tp_magnitude"]["runs"]
+    assert (dense_dir / sp.WEIGHTS).exists() and (peer_dir / sp.WEIGHTS).exists()
     # a dense unit that does not reproduce its recorded result is refused, naming it, and leaves no weights
     recorded = json.loads((dense_dir / "result.json").read_text())
     (dense_dir / "result.json").write_text(json.dumps({**recorded, "default": recorded["default"] + 0.5}))
     (dense_dir / sp.WEIGHTS).unlink()
+    shutil.rmtree(peer_dir)
     with pytest.raises(RuntimeError, match=f"{dense_dir.name}: fine-tuned again for its missing weights"):
         sp.main(argv)
     assert not (dense_dir / sp.WEIGHTS).exists()
