@@ -21,9 +21,22 @@ from nni_bert_tickets.core.ticket import Ticket
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _trained_since(folder: Path, since: float) -> bool:
+    """Whether the run under ``folder`` wrote a step checkpoint, a round or a resume state after ``since``."""
+    for path in folder.rglob("*"):
+        try:
+            if (path.suffix == ".safetensors" or path.name == "progress.json") and path.stat().st_mtime > since:
+                return True
+        except FileNotFoundError:  # a temporary file renamed meanwhile
+            pass
+    return False
+
+
 def _run(config: Path, env, kill_after=None, watch: Path = None, sig=signal.SIGKILL) -> int:
-    """Run the driver; send it ``sig`` ``kill_after`` seconds after start. ``watch``: record in ``_run.started`` when a
-    run directory first appears there (loading done, training begins)."""
+    """Run the driver. With ``kill_after``: send it ``sig`` ``kill_after`` seconds after it first writes training
+    progress under ``watch`` (so loading, fast or slow, never decides whether a kill lands). Without: record in
+    ``_run.started`` when a run directory first appears under ``watch`` (loading done, training begins)."""
+    since = time.time()
     proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "glue.py"), "--config", str(config)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if kill_after is None:
@@ -32,6 +45,8 @@ def _run(config: Path, env, kill_after=None, watch: Path = None, sig=signal.SIGK
             time.sleep(0.05)
         _run.started = time.monotonic() - start
         return proc.wait(timeout=600)
+    while proc.poll() is None and not _trained_since(watch, since):
+        time.sleep(0.02)
     try:
         return proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -53,15 +68,16 @@ def test_sigkill_and_sigterm_at_random_moments_then_resume_equals_an_uninterrupt
     start = time.monotonic()
     assert _run(tmp_path / "straight.yaml", env, watch=tmp_path / "straight") == 0
     duration = time.monotonic() - start
-    loading, work = _run.started, duration - _run.started
+    work = duration - _run.started
 
-    # Seeded: the same kill moments (as fractions of the work) every time. At most a fifth of the work per try, so
-    # a run killed after faster loading (a warm dataset cache, less load beside it) still dies at least 3 times.
+    # Seeded: the same kill moments (as fractions of the work, counted from the try's first progress written) every
+    # time. At most a fifth of the work per try, so the run dies at least 3 times however fast it loads.
     rng = random.Random(2024)
     kills = 0
     for attempt in range(6):  # each try resumes where the last one was killed; SIGTERM and SIGKILL in turn
         sig = (signal.SIGTERM, signal.SIGKILL)[attempt % 2]
-        code = _run(tmp_path / "killed.yaml", env, kill_after=loading + rng.uniform(0.0, 0.2) * work, sig=sig)
+        code = _run(tmp_path / "killed.yaml", env, kill_after=rng.uniform(0.0, 0.2) * work, watch=tmp_path / "killed",
+                    sig=sig)
         if code == 0:
             break
         assert code == -sig  # a SIGTERM still ends the process as SIGTERM does (after its step checkpoint)
