@@ -148,8 +148,24 @@ def structured(result: Dict[str, Any]) -> List[str]:
             ahead = [m for m, v in point["variants"].items() if m.startswith("tp_") and v.get("mean") is not None
                      and v["mean"] > ticket["mean"]]
             lines += ["", "Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + "."]
+            lines += [f"- {line}" for line in point_leads(point)]
         lines.append("")
     return lines
+
+
+def point_leads(point: Dict[str, Any]) -> List[str]:
+    """The default ticket against every other variant of a structured point (peers and the ticket's own options)
+    where both have two trainings or more, with Welch's 95 % interval."""
+    ticket, out = point["variants"]["ticket"], []
+    for method, v in point["variants"].items():
+        if method == "ticket" or len(ticket.get("runs") or []) < 2 or len(v.get("runs") or []) < 2:
+            continue
+        lead = lead_interval(ticket["runs"], v["runs"])
+        verdict = "excludes zero" if lead["excludes_zero"] else "includes zero: within noise"
+        out.append(f"`ticket` against `{method}`: {100 * lead['lead']:+.1f} points, 95 % Welch interval "
+                   f"[{100 * lead['low']:+.1f}, {100 * lead['high']:+.1f}] (n = {lead['n'][0]} and {lead['n'][1]}); "
+                   f"it {verdict}.")
+    return out
 
 
 def page(folder: Path) -> str:

@@ -6,6 +6,7 @@ At the CPU settings of ``examples/configs/cpu/table2-<task>.yaml`` (overridable 
 * ``ticket``: ``StructuredIMP`` (mean |w|), rewound to θ0 and retrained each round, ``--step`` per round; its
   round 0 is the dense fine-tuning below, read back, not retrained;
 * ``ticket_taylor``: the same with ``importance="taylor"`` (|w · grad| on ``--taylor-batches`` training batches);
+* ``ticket_layer``: the same with ``scope="layer"``: every layer loses the same fraction, as the peers' layers do;
 * ``tp_magnitude`` / ``tp_taylor``: torch-pruning's ``BasePruner`` with ``MagnitudeImportance`` (L2 group norm) /
   ``TaylorImportance`` (gradients of ``--taylor-batches`` training batches) on the fine-tuned dense model, one shot,
   whole heads (``num_heads``, ``prune_num_heads``, no head dims) and FFN channels, the hidden size untouched, each
@@ -58,6 +59,7 @@ _log = logging.getLogger("structured_peers")
 WEIGHTS = "model.safetensors"
 METHODS = {"ticket": "StructuredIMP (mean |w|), rewound to θ0, retrained each round",
            "ticket_taylor": "StructuredIMP, importance='taylor' (|w · grad|)",
+           "ticket_layer": "StructuredIMP, scope='layer' (the same fraction of every layer, as the peers)",
            "tp_magnitude": "torch-pruning BasePruner + MagnitudeImportance (L2) on the fine-tuned model, 1 fine-tuning",
            "tp_taylor": "torch-pruning BasePruner + TaylorImportance on the fine-tuned model, 1 fine-tuning",
            "tp_magnitude_matched": "tp_magnitude fine-tuned for the ticket's steps after its dense round",
@@ -213,11 +215,12 @@ def dense_unit(config: ExperimentConfig, seed: int) -> Tuple[Dict[str, Any], Cal
 
 
 def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: float, importance: str,
-                taylor_batches: int, dense):
+                taylor_batches: int, dense, scope: str = "global"):
     seeded, (dense_result, dense_weights) = dataclasses.replace(config, seed=seed), dense
     settings = {**config.training_settings(), "seed": seed, "head_sparsity": h, "channel_sparsity": c,
                 "step": step, "importance": importance,
-                **({"taylor_batches": taylor_batches} if importance == "taylor" else {})}
+                **({"taylor_batches": taylor_batches} if importance == "taylor" else {}),
+                **({"scope": scope} if scope != "global" else {})}  # global units keep their names
 
     def compute(run_dir):
         model, tuner = prepare(seeded)
@@ -237,7 +240,7 @@ def ticket_unit(config: ExperimentConfig, seed: int, h: float, c: float, step: f
             for batch in grad_batches(tuner, seed, taylor_batches):
                 m(**batch).loss.backward()
         imp = StructuredIMP(model, fit, example_inputs(tuner), h, c, step, importance=importance,
-                            gradients=gradients if importance == "taylor" else None)
+                            gradients=gradients if importance == "taylor" else None, scope=scope)
         set_seed(seed)
         small = imp.run()
         _save(small, run_dir)
@@ -341,7 +344,8 @@ def run(args) -> Dict[str, Any]:
                 try:
                     if method.startswith("ticket"):
                         unit = ticket_unit(config, seed, h, c, args.step, "taylor" if method == "ticket_taylor"
-                                           else "magnitude", args.taylor_batches, dense[i])
+                                           else "magnitude", args.taylor_batches, dense[i],
+                                           "layer" if method == "ticket_layer" else "global")
                     else:
                         steps = rounds * finetuning if method.endswith("_matched") else finetuning
                         unit = peer_unit(config, seed, h, c, method.split("_")[1], steps, args.taylor_batches,

@@ -150,3 +150,32 @@ def test_bad_importance_is_refused_before_training(importance, gradients, match)
     from conftest import tiny_bert
     with pytest.raises(ValueError, match=match):
         StructuredIMP(tiny_bert(), _never_fit, _tiny_inputs(), importance=importance, gradients=gradients).run()
+
+
+def _channels_left_with(scope):
+    from conftest import tiny_bert
+    model = tiny_bert()
+    with torch.no_grad():  # every FFN weight of layer 0 ten times layer 1's: a global ranking takes only layer 1's
+        model.bert.encoder.layer[0].intermediate.dense.weight.mul_(10)
+        model.bert.encoder.layer[0].output.dense.weight.mul_(10)
+    imp = StructuredIMP(model, lambda m: {"default": 0.0}, _tiny_inputs(), head_sparsity=0.0, channel_sparsity=0.25,
+                        step=0.25, scope=scope)
+    imp.run()
+    assert imp.ticket.metrics["scope"] == scope
+    return [len(c) for c in imp.ticket.channels]
+
+
+def test_layer_scope_removes_the_same_fraction_of_every_layer_where_global_ranking_does_not():
+    assert _channels_left_with("global") == [32, 16]  # all 16 removed channels from the small layer
+    assert _channels_left_with("layer") == [24, 24]   # 8 of 32 from each
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"scope": "local"}, r"scope must be one of \('global', 'layer'\), got 'local'"),
+    ({"scope": "layer", "channel_sparsity": 0.99}, r"channel_sparsity 0.99 cannot be reached with scope='layer': "
+                                                   r"layer 0 keeps at least 1 of its 32 FFN channels"),
+])
+def test_bad_scope_is_refused_before_training(bad, match):
+    from conftest import tiny_bert
+    with pytest.raises(ValueError, match=match):
+        StructuredIMP(tiny_bert(), _never_fit, _tiny_inputs(), **{"channel_sparsity": 0.5, **bad}).run()

@@ -79,12 +79,12 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
         assert all(s > 0 for s in v["seconds_per_batch"].values())
         # the same totals as the structured ticket: 36 of 72 heads and 6,912 of 9,216 channels kept
         assert sum(v["heads_per_layer"]) == 36 and sum(v["channels_per_layer"]) == 6912, method
-        if method.startswith("tp_"):
+        if method.startswith("tp_") or method == "ticket_layer":  # the same fraction of every layer
             assert v["heads_per_layer"] == [6] * 6 and v["channels_per_layer"] == [1152] * 6
         assert v["parameters"] < result["dense"]["parameters"]
     steps = {m: v["steps"][0] for m, v in point["variants"].items()}
     # from θ0: the dense fine-tuning (1 step) plus 2 IMP rounds / 1 fine-tuning / the ticket's 2 rounds
-    assert steps == {"ticket": 3, "ticket_taylor": 3, "tp_magnitude": 2, "tp_taylor": 2, "tp_magnitude_matched": 3,
+    assert steps == {"ticket": 3, "ticket_taylor": 3, "ticket_layer": 3, "tp_magnitude": 2, "tp_taylor": 2, "tp_magnitude_matched": 3,
                      "tp_taylor_matched": 3}
     # the results page renders it: every variant with its metric and speed-ups, and which peers are above the ticket
     import peers_page  # benchmarks/ is on the path (above)
@@ -128,3 +128,18 @@ def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glu
     with pytest.raises(RuntimeError, match=f"{dense_dir.name}: fine-tuned again for its missing weights"):
         sp.main(argv)
     assert not (dense_dir / sp.WEIGHTS).exists()
+
+
+def test_a_structured_point_gives_the_tickets_lead_over_each_variant_with_seeds():
+    """Against scipy's Welch t-test; a variant with one training, or a ticket with one, gets no line."""
+    from scipy import stats
+    import peers_page
+    ticket, taylor, layer = [0.80, 0.81, 0.805], [0.83, 0.84, 0.835], [0.81]
+    point = {"variants": {"ticket": {"runs": ticket}, "tp_taylor": {"runs": taylor},
+                          "ticket_layer": {"runs": layer}}}
+    (line,) = peers_page.point_leads(point)
+    ci = stats.ttest_ind(ticket, taylor, equal_var=False).confidence_interval(0.95)
+    assert line.startswith("`ticket` against `tp_taylor`: -3.0 points")
+    assert f"[{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]" in line and "excludes zero" in line
+    point["variants"]["ticket"]["runs"] = [0.80]
+    assert peers_page.point_leads(point) == []

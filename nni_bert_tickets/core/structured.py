@@ -4,7 +4,7 @@ Each round trains the current (smaller) network, scores every surviving head and
 magnitude of its weights (query/key/value rows and attention-output columns of the head; the intermediate
 row and output column of the channel) -- or, with ``importance="taylor"``, by the mean of |w · ∂L/∂w| over the
 same weights, the gradients taken on a few training batches of the trained network -- removes the
-lowest-scoring ones globally, and rewinds: a fresh copy of θ0 is cut down to the survivors with
+lowest-scoring ones -- globally, or with ``scope="layer"`` the same fraction in every layer -- and rewinds: a fresh copy of θ0 is cut down to the survivors with
 torch-pruning's dependency graph (which carries a head's removal from the query into key, value and the
 attention output, and a channel's from the intermediate into the output dense). The task head keeps its
 trained values, as in unstructured IMP. The result saves as a Hugging Face model that loads without this
@@ -30,6 +30,7 @@ from .targets import base_prefix, check_sparsity
 __all__ = ["StructuredIMP", "StructuredTicket", "structured_ticket_model", "save_structured"]
 _log = logging.getLogger(__name__)
 IMPORTANCES = ("magnitude", "taylor")
+SCOPES = ("global", "layer")
 _REMOTE = os.path.join(os.path.dirname(__file__), "hf_remote", "modeling_pruned_bert.py")
 
 
@@ -95,18 +96,24 @@ class StructuredIMP:
     ``importance``: ``"magnitude"`` (mean |w|, the default) or ``"taylor"`` (mean |w · grad|, first-order Taylor, as
     torch-pruning's ``TaylorImportance``); Taylor needs ``gradients(model)``, which runs backward on a few
     training batches of the model it is given (the gradients are cleared before and after each call).
+
+    ``scope``: ``"global"`` (the default: heads and channels ranked across all layers, as unstructured IMP ranks
+    weights) or ``"layer"`` (every layer loses the same fraction of its own heads and channels, ranked within the
+    layer, as torch-pruning's pruners do without ``global_pruning``).
     """
 
     def __init__(self, model: torch.nn.Module, fit: Callable[[torch.nn.Module], Dict[str, Any]], example_inputs,
                  head_sparsity: float = 0.5, channel_sparsity: float = 0.5, step: float = 0.1,
                  min_heads: int = 1, importance: str = "magnitude",
-                 gradients: Optional[Callable[[torch.nn.Module], None]] = None):
+                 gradients: Optional[Callable[[torch.nn.Module], None]] = None, scope: str = "global"):
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         if importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
         if importance == "taylor" and not callable(gradients):
             raise ValueError("importance='taylor' needs gradients=: a function that runs backward on a few training "
                              "batches of the model it is given")
-        self.importance, self.gradients = importance, gradients
+        self.importance, self.gradients, self.scope = importance, gradients, scope
         check_sparsity(head_sparsity, "head_sparsity")
         check_sparsity(channel_sparsity, "channel_sparsity")
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
@@ -125,14 +132,19 @@ class StructuredIMP:
                                        channels=[list(range(l.ffn_in.out_features)) for l in layers],
                                        head_size=self.head_size)
         self.totals = (sum(map(len, self.ticket.heads)), sum(map(len, self.ticket.channels)))
-        _check_reachable("head_sparsity", self.targets[0], self.totals[0], len(layers), min_heads, "heads")
-        _check_reachable("channel_sparsity", self.targets[1], self.totals[1], len(layers), 1, "FFN channels")
+        self.widths = ([len(h) for h in self.ticket.heads], [len(c) for c in self.ticket.channels])
+        for name, target, widths, minimum, what in (("head_sparsity", self.targets[0], self.widths[0], min_heads,
+                                                     "heads"),
+                                                    ("channel_sparsity", self.targets[1], self.widths[1], 1,
+                                                     "FFN channels")):
+            _check_reachable(name, target, widths, minimum, what, scope)
         self.rounds = math.ceil(max(self.targets) / self.step - 1e-9)  # pruning rounds after the dense round 0
         _log.info("structured IMP: %d pruning rounds to %d of %d heads and %d of %d FFN channels removed",
-                  self.rounds, round(self.targets[0] * self.totals[0]), self.totals[0],
-                  round(self.targets[1] * self.totals[1]), self.totals[1])
+                  self.rounds, self.totals[0] - _total(_keeps(self.targets[0], self.widths[0], scope)), self.totals[0],
+                  self.totals[1] - _total(_keeps(self.targets[1], self.widths[1], scope)), self.totals[1])
         self.theta0 = copy.deepcopy(model).eval()
-        self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1], importance=importance)
+        self.ticket.metrics.update(total_heads=self.totals[0], total_channels=self.totals[1], importance=importance,
+                                   scope=scope)
         self.trajectory: List[Dict[str, Any]] = []
 
     def run(self) -> torch.nn.Module:
@@ -154,7 +166,7 @@ class StructuredIMP:
             model.load_state_dict(head, strict=False)  # the task head keeps its trained values
 
     def _prune(self, model: torch.nn.Module, level: int) -> None:
-        """Drop the lowest-scoring heads and channels (global ranking) down to this round's counts."""
+        """Drop the lowest-scoring heads and channels (ranked globally, or within each layer) to this round's counts."""
         d = self.head_size
         if self.importance == "taylor":
             model.zero_grad(set_to_none=True)
@@ -173,10 +185,10 @@ class StructuredIMP:
                 scores_c += [(float(s), i, c) for s, c in zip(score, self.ticket.channels[i])]
         model.zero_grad(set_to_none=True)
         removed = [t if level >= self.rounds else min(t, level * self.step) for t in self.targets]  # the last: exact
-        keep_h = self.totals[0] - round(removed[0] * self.totals[0])
-        keep_c = self.totals[1] - round(removed[1] * self.totals[1])
-        self.ticket.heads = _keep_top(scores_h, keep_h, len(self.ticket.heads), self.min_heads)
-        self.ticket.channels = _keep_top(scores_c, keep_c, len(self.ticket.channels), 1)
+        self.ticket.heads = _keep_top(scores_h, _keeps(removed[0], self.widths[0], self.scope), len(self.widths[0]),
+                                      self.min_heads)
+        self.ticket.channels = _keep_top(scores_c, _keeps(removed[1], self.widths[1], self.scope), len(self.widths[1]),
+                                         1)
 
     def _salience(self, weight: torch.Tensor) -> torch.Tensor:
         if self.importance == "magnitude":
@@ -187,18 +199,40 @@ class StructuredIMP:
         return (weight * weight.grad).abs()
 
 
-def _check_reachable(name: str, target: float, total: int, layers: int, minimum: int, what: str) -> None:
+def _keeps(removed: float, widths: List[int], scope: str):
+    """How many to keep: one total over the layers (global scope), or one count per layer (layer scope)."""
+    if scope == "global":
+        return sum(widths) - round(removed * sum(widths))
+    return [w - round(removed * w) for w in widths]
+
+
+def _total(keep) -> int:
+    return sum(keep) if isinstance(keep, list) else keep
+
+
+def _check_reachable(name: str, target: float, widths: List[int], minimum: int, what: str, scope: str) -> None:
     """Refuse a target that keeping ``minimum`` per layer makes unreachable (it would never be passed)."""
-    removable = total - layers * minimum
-    if round(target * total) > removable:
-        raise ValueError(f"{name} {target} cannot be reached: every one of the {layers} layers keeps at least "
-                         f"{minimum} of its {what}, so at most {removable} of the {total} can go "
-                         f"({removable / total:.4f}); ask for at most that")
+    total, layers = sum(widths), len(widths)
+    if scope == "global":
+        removable = total - layers * minimum
+        if round(target * total) > removable:
+            raise ValueError(f"{name} {target} cannot be reached: every one of the {layers} layers keeps at least "
+                             f"{minimum} of its {what}, so at most {removable} of the {total} can go "
+                             f"({removable / total:.4f}); ask for at most that")
+        return
+    for i, width in enumerate(widths):
+        if round(target * width) > width - minimum:
+            raise ValueError(f"{name} {target} cannot be reached with scope='layer': layer {i} keeps at least "
+                             f"{minimum} of its {width} {what}, so at most {(width - minimum) / width:.4f} of them "
+                             f"can go; ask for at most that")
 
 
-def _keep_top(scores, keep: int, layers: int, minimum: int) -> List[List[int]]:
-    """The ``keep`` highest scores overall, with at least ``minimum`` per layer; original indices per layer."""
+def _keep_top(scores, keep, layers: int, minimum: int) -> List[List[int]]:
+    """Original indices per layer of the highest scores: ``keep`` overall with at least ``minimum`` per layer, or,
+    when ``keep`` is a list, ``keep[i]`` of layer i's own."""
     ranked = sorted(scores, key=lambda s: -s[0])
+    if isinstance(keep, list):
+        return [sorted(idx for _, layer, idx in [r for r in ranked if r[1] == i][:keep[i]]) for i in range(layers)]
     chosen = set()
     for i in range(layers):  # every layer keeps its best ``minimum`` first
         chosen.update((layer, idx) for _, layer, idx in [r for r in ranked if r[1] == i][:minimum])
