@@ -101,6 +101,8 @@ def test_accelerate_launch_with_two_processes(tmp_path, minilm_path, glue_dir):
     assert [lv["accuracy"] for lv in saved["imp_trajectory"]] == [r["metric"] for r in metrics["trajectory"]]
     assert "| 1 | 10.0% |" in out.stdout
     assert not list(run_dir.glob("imp/step-checkpoint*"))  # step checkpoints (2 processes) saved, then removed
+    (start,) = (run_dir / "environment.jsonl").read_text().splitlines()  # the main process's start, once
+    assert "CPU kernels" in json.loads(start)["environment"]
 
 
 @pytest.mark.parametrize("rewind, kill_at, kept", [(0, 7, 4 + 2), (1, 3, 2)])

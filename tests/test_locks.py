@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from conftest import tiny_checkpoint
 from nni_bert_tickets.core.locks import HOLDER_FILE, LOCK_FILE
+from nni_bert_tickets.core.seeding import ENVIRONMENT_FILE
 from nni_bert_tickets.experiments.tables import cached
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,10 @@ def test_a_lock_left_by_a_killed_process_does_not_block_and_units_are_computed_o
     assert not [r for r in caplog.records if "waiting" in r.getMessage()]
     assert not (run_dir / HOLDER_FILE).exists()
     assert cached(unit, "toy", other, lambda run_dir: {"value": 7}) == {"value": 7}
+    # each start that computed the unit (not the read-backs) left its kernels and versions beside the result
+    starts = [json.loads(line) for line in (run_dir / ENVIRONMENT_FILE).read_text().splitlines()]
+    assert len(starts) == 2 and all(s["started"] and f"CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+                                    f"{torch.get_num_threads()} threads" in s["environment"] for s in starts)
 
 
 CACHED = """

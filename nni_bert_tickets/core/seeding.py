@@ -2,12 +2,18 @@
 depends on where IMP stops (which is why runs can share their first rounds)."""
 from __future__ import annotations
 
+import datetime
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["environment", "level_seed", "seed_round"]
+from .files import atomic_write_text
+
+__all__ = ["environment", "level_seed", "record_environment", "seed_round"]
+ENVIRONMENT_FILE = "environment.jsonl"
 
 
 def level_seed(seed: int, level: int) -> int:
@@ -35,3 +41,16 @@ def environment() -> str:
     if torch.cuda.is_available():
         parts.append(f"CUDA device {torch.cuda.get_device_name()}")
     return ", ".join(parts)
+
+
+def record_environment(folder) -> str:
+    """Add this start's :func:`environment` line, with the time, to ``folder/environment.jsonl`` (one JSON line per
+    start, the file rewritten whole), and return it. The file stays beside a run's results where the log may not
+    (it travels with them), so a run resumed on another machine, or a remake that drifts, shows which starts ran
+    on which kernels."""
+    line = environment()
+    path = Path(folder) / ENVIRONMENT_FILE
+    before = path.read_text() if path.exists() else ""
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(path, before + json.dumps({"started": stamp, "environment": line}) + "\n")
+    return line

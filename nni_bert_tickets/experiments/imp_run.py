@@ -36,7 +36,7 @@ from ..tasks import get_task
 from ..core.files import atomic_write_text, remove_stale_temporaries
 from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
 from ..core.pruners import IMPPruner
-from ..core.seeding import environment
+from ..core.seeding import environment, record_environment
 from ..core.targets import bert_config_list
 from ..training.loop import FineTuner
 
@@ -125,7 +125,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
         early.setTarget(handler)
         early.flush()
     early.close()
-    _log.info("%s on %s", run_dir.name, environment())
+    _log.info("%s on %s", run_dir.name,
+              record_environment(run_dir) if accelerator.is_main_process else environment())
     try:
         if accelerator.is_main_process:
             for folder in (run_dir, run_dir / "imp"):  # left by a run killed mid-write (SIGKILL); we hold the lock

@@ -24,7 +24,7 @@ from .imp_run import imp_run_dir, prepare, run_imp
 from ..core.locks import unit_lock
 from ..core.files import atomic_write_text
 from ..core.imp_state import ticket_file
-from ..core.seeding import environment
+from ..core.seeding import environment, record_environment
 from ..core.targets import prunable_modules
 from ..tasks import get_task
 from ..core.ticket import Ticket
@@ -52,7 +52,7 @@ def cached(root: Path, kind: str, settings: Dict[str, Any], compute: Callable[[P
         main = accelerator is None or accelerator.is_main_process
         if main:
             atomic_write_text(run_dir / "settings.json", json.dumps(settings, indent=1, sort_keys=True, default=str))
-        _log.info("running %s on %s", run_dir.name, environment())
+        _log.info("running %s on %s", run_dir.name, record_environment(run_dir) if main else environment())
         with unit_run(accelerator, run_dir.name):  # with report_to: this unit's tracker run
             value = compute(run_dir)
             log_values(accelerator, "eval", value)
