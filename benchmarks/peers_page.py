@@ -152,7 +152,8 @@ def structured(result: Dict[str, Any]) -> List[str]:
             ahead = [m for m, v in point["variants"].items() if m.startswith("tp_") and v.get("mean") is not None
                      and v["mean"] > ticket["mean"]]
             lines += ["", "Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + "."]
-            lines += [f"- {line}" for line in point_leads(point)]
+            leads_here = point_leads(point)
+            lines += ([""] + [f"- {line}" for line in leads_here]) if leads_here else []
         lines.append("")
     return lines
 
