@@ -147,25 +147,29 @@ def structured(result: Dict[str, Any]) -> List[str]:
         for method, v in point["variants"].items():
             speed = [f"{v['speedup'][b]:.2f}×" if b in (v.get("speedup") or {}) else "–" for b in batches]
             lines.append(f"| `{method}` | {cell(v)} | {_steps(v)} | " + " | ".join(speed) + " |")
-        ticket = point["variants"].get("ticket")
-        if ticket and ticket.get("mean") is not None:
-            ahead = [m for m, v in point["variants"].items() if m.startswith("tp_") and v.get("mean") is not None
-                     and v["mean"] > ticket["mean"]]
-            lines += ["", "Peers above the ticket here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + "."]
-            leads_here = point_leads(point)
-            lines += ([""] + [f"- {line}" for line in leads_here]) if leads_here else []
+        for name, v in point["variants"].items():  # the ticket and each of its options against the peers
+            if not name.startswith("ticket") or v.get("mean") is None:
+                continue
+            ahead = [m for m, p in point["variants"].items() if m.startswith("tp_") and p.get("mean") is not None
+                     and p["mean"] > v["mean"]]
+            who = "the ticket" if name == "ticket" else f"`{name}`"
+            lines += ["", f"Peers above {who} here: " + (", ".join(f"`{m}`" for m in ahead) if ahead else "none") + "."]
+        leads_here = point_leads(point)
+        lines += ([""] + [f"- {line}" for line in leads_here]) if leads_here else []
         lines.append("")
     return lines
 
 
 def point_leads(point: Dict[str, Any]) -> List[str]:
-    """The default ticket against every other variant of a structured point (peers and the ticket's own options)
-    where both have two trainings or more, with Welch's 95 % interval."""
-    ticket, out = point["variants"]["ticket"], []
-    for method, v in point["variants"].items():
-        if method == "ticket" or len(ticket.get("runs") or []) < 2 or len(v.get("runs") or []) < 2:
-            continue
-        out.append(f"`ticket` against `{method}`: {_lead(ticket['runs'], v['runs'])}")
+    """Where both sides have two trainings or more, with Welch's 95 % interval: the default ticket against every
+    other variant of a structured point (the peers and its own options), and each option against each peer."""
+    variants, out = point["variants"], []
+    options = [m for m in variants if m.startswith("ticket_")]
+    pairs = [("ticket", m) for m in variants if m != "ticket" and "ticket" in variants]
+    pairs += [(o, m) for o in options for m in variants if m.startswith("tp_")]
+    for a, b in pairs:
+        if len(variants[a].get("runs") or []) >= 2 and len(variants[b].get("runs") or []) >= 2:
+            out.append(f"`{a}` against `{b}`: {_lead(variants[a]['runs'], variants[b]['runs'])}")
     return out
 
 

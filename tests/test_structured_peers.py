@@ -141,5 +141,10 @@ def test_a_structured_point_gives_the_tickets_lead_over_each_variant_with_seeds(
     ci = stats.ttest_ind(ticket, taylor, equal_var=False).confidence_interval(0.95)
     assert line.startswith("`ticket` against `tp_taylor`: -3.0 points")
     assert f"[{100 * ci.low:+.1f}, {100 * ci.high:+.1f}]" in line and "excludes zero" in line
+    point["variants"]["ticket_layer"]["runs"] = [0.85, 0.86, 0.855]  # an option with seeds: against the ticket too
+    ticket_line, option_line, peer_line = peers_page.point_leads(point)
+    assert ticket_line == line and option_line.startswith("`ticket` against `ticket_layer`: -5.0 points")
+    assert peer_line.startswith("`ticket_layer` against `tp_taylor`: +2.0 points") and "excludes zero" in peer_line
     point["variants"]["ticket"]["runs"] = [0.80]
-    assert peers_page.point_leads(point) == []
+    (peer_only,) = peers_page.point_leads(point)
+    assert peer_only == peer_line
