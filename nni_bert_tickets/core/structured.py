@@ -4,9 +4,10 @@ Each round trains the current (smaller) network, scores every surviving head and
 magnitude of its weights (query/key/value rows and attention-output columns of the head; the intermediate
 row and output column of the channel) -- or, with ``importance="taylor"``, by the mean of |w · ∂L/∂w| over the
 same weights, the gradients taken on a few training batches of the trained network -- removes the
-lowest-scoring ones -- globally, or with ``scope="layer"`` the same fraction in every layer -- and rewinds: a fresh copy of θ0 is cut down to the survivors with
-torch-pruning's dependency graph (which carries a head's removal from the query into key, value and the
-attention output, and a channel's from the intermediate into the output dense). The task head keeps its
+lowest-scoring ones -- globally, or with ``scope="layer"`` the same fraction in every layer -- and rewinds: a
+fresh copy of θ0 is cut down to the survivors with torch-pruning's dependency graph (which carries a head's
+removal from the query into key, value and the attention output, and a channel's from the intermediate into the
+output dense). The task head keeps its
 trained values, as in unstructured IMP. The result saves as a Hugging Face model that loads without this
 library (``trust_remote_code=True`` with the modeling file it carries).
 """
