@@ -132,8 +132,8 @@ class StructuredIMP:
         self.ticket = StructuredTicket(heads=[list(range(config.num_attention_heads)) for _ in layers],
                                        channels=[list(range(l.ffn_in.out_features)) for l in layers],
                                        head_size=self.head_size)
-        self.totals = (sum(map(len, self.ticket.heads)), sum(map(len, self.ticket.channels)))
-        self.widths = ([len(h) for h in self.ticket.heads], [len(c) for c in self.ticket.channels])
+        self.widths = ([len(h) for h in self.ticket.heads], [len(c) for c in self.ticket.channels])  # per layer
+        self.totals = (sum(self.widths[0]), sum(self.widths[1]))
         for name, target, widths, minimum, what in (("head_sparsity", self.targets[0], self.widths[0], min_heads,
                                                      "heads"),
                                                     ("channel_sparsity", self.targets[1], self.widths[1], 1,
