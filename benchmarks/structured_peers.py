@@ -52,6 +52,7 @@ from nni_bert_tickets.experiments.tables import cached
 from nni_bert_tickets.tasks import get_task
 
 from nni_speedup import nni_modelspeedup  # noqa: E402  (benchmarks/ is the script's folder)
+from structured_args import check_overwrite, check_points, parse_point  # noqa: E402
 from output import command  # noqa: E402
 from timing import time_models, timing_batches  # noqa: E402
 
@@ -64,29 +65,6 @@ METHODS = {"ticket": "StructuredIMP (mean |w|), rewound to θ0, retrained each r
            "tp_taylor": "torch-pruning BasePruner + TaylorImportance on the fine-tuned model, 1 fine-tuning",
            "tp_magnitude_matched": "tp_magnitude fine-tuned for the ticket's steps after its dense round",
            "tp_taylor_matched": "tp_taylor fine-tuned for the ticket's steps after its dense round"}
-
-
-def parse_point(text: str) -> Tuple[float, float, int]:
-    """``H:C`` or ``H:C:SEEDS``."""
-    parts = text.split(":")
-    try:
-        if len(parts) not in (2, 3):
-            raise ValueError
-        return float(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 1
-    except ValueError:
-        raise SystemExit(f"--points: {text!r} is not H:C or H:C:SEEDS (e.g. 0.5:0.6:3)") from None
-
-
-def check_points(points, heads: int, channels: int) -> None:
-    """Refuse points torch-pruning's per-layer cut and the ticket could not both reach, before any training."""
-    for h, c, seeds in points:
-        if not (0 <= h < 1 and 0 <= c < 1) or seeds < 1:
-            raise SystemExit(f"--points: {h}:{c}:{seeds}: sparsities must be in [0, 1), seeds at least 1")
-        if abs(h * heads - round(h * heads)) > 1e-3 or round(h * heads) >= heads:
-            raise SystemExit(f"--points: head sparsity {h} is not a whole number of this model's {heads} heads per "
-                             f"layer below {heads} (the peers remove the same count in every layer)")
-        if channels - round(c * channels) < 1:
-            raise SystemExit(f"--points: channel sparsity {c} leaves no FFN channel")
 
 
 def survivors(before: torch.Tensor, after: torch.Tensor, block: int) -> List[int]:
@@ -313,9 +291,10 @@ def run(args) -> Dict[str, Any]:
     points = [parse_point(p) for p in args.points]
     model_config = AutoConfig.from_pretrained(config.model)
     check_points(points, model_config.num_attention_heads, model_config.intermediate_size)
+    out = Path(args.json or f"docs/results/peers_structured-{config.task}.json")
+    check_overwrite(out, args.methods, points, args.replace)
     base, tuner = prepare(config)
     finetuning = tuner.num_training_steps()  # T
-    out = Path(args.json or f"docs/results/peers_structured-{config.task}.json")
     result = {"command": command(__file__),
               "task": config.task, "config": path, "model": config.model, "metric": get_task(config.task).metric,
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -394,6 +373,8 @@ def main(argv=None):
     parser.add_argument("--timing-examples", type=int, default=32, help="examples per timing, in batches of each size")
     parser.add_argument("--repeats", type=int, default=7, help="timings per model and batch size (median)")
     parser.add_argument("--json", help="default: docs/results/peers_structured-<task>.json")
+    parser.add_argument("--replace", action="store_true",
+                        help="let this call drop methods or points the existing --json holds")
     parser.add_argument("--output-root", help="the run store (default: the config's output_root)")
     for name, kind in (("--max-train-samples", int), ("--max-eval-samples", int), ("--epochs", float),
                        ("--max-steps", int), ("--max-length", int)):  # the config's, for smoke runs

@@ -57,6 +57,29 @@ def test_points_the_peers_cannot_cut_evenly_are_refused():
     assert sp.parse_point("0.5:0.6:3") == (0.5, 0.6, 3)
 
 
+def test_a_call_that_would_drop_methods_or_points_of_the_json_is_refused_before_training(tmp_path, monkeypatch,
+                                                                                          minilm_path):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "peers_structured.json"
+    held = {"methods": {"ticket": "", "tp_taylor": ""},
+            "points": [{"head_sparsity": 0.5, "channel_sparsity": 0.25, "seeds": 1, "variants": {}},
+                       {"head_sparsity": 0.25, "channel_sparsity": 0.4, "seeds": 1, "variants": {}}]}
+    out.write_text(json.dumps(held))
+    runs = tmp_path / "runs"
+    base = ["--task", "sst2", "--max-train-samples", "32", "--max-steps", "1", "--output-root", str(runs),
+            "--json", str(out)]
+    with pytest.raises(SystemExit, match=r"holds methods \['tp_taylor'\] and points \['0.25:0.4'\] that this "
+                                         r"call would drop"):
+        sp.main(base + ["--methods", "ticket", "--points", "0.5:0.25"])
+    with pytest.raises(SystemExit, match=r"holds points \['0.5:0.25'\]"):
+        sp.main(base + ["--methods", "ticket", "tp_taylor", "tp_magnitude", "--points", "0.25:0.4"])
+    assert not runs.exists() and json.loads(out.read_text()) == held  # nothing trained, nothing written
+    # naming them all again, or --replace, or another file passes the check
+    sp.check_overwrite(out, ["ticket", "tp_taylor"], [(0.5, 0.25, 3), (0.25, 0.4, 1)], replace=False)
+    sp.check_overwrite(out, ["ticket"], [(0.5, 0.25, 1)], replace=True)
+    sp.check_overwrite(tmp_path / "new.json", ["ticket"], [(0.5, 0.25, 1)], replace=False)
+
+
 def test_every_variant_on_a_tiny_budget(tmp_path, monkeypatch, glue_dir):  # glue_dir fails if ../shared is missing
     monkeypatch.chdir(ROOT)
     out = tmp_path / "peers_structured.json"
