@@ -56,6 +56,7 @@ from nni_bert_tickets.tasks import get_task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from output import command as script_command  # noqa: E402  (benchmarks/ is the script's folder)
+from peers_page import title  # noqa: E402
 
 _log = logging.getLogger("peers")
 BLOCK = [32, 32]
@@ -336,7 +337,7 @@ def plot(json_path: str, png_path: str) -> str:
             ax.axhspan(full["mean"] - full["std"], full["mean"] + full["std"], color="black", alpha=0.08)
     ax.set_xlabel("sparsity of the prunable matrices")
     ax.set_ylabel(result.get("metric") or "metric")
-    ax.set_title(f"{result['task']}: pruners at one fine-tuning = {result.get('one_finetuning_steps')} steps")
+    ax.set_title(f"{title(result['task'])}: pruners at one fine-tuning = {result.get('one_finetuning_steps')} steps")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)

@@ -17,12 +17,18 @@ from typing import Any, Dict, List, Optional
 
 from nni_bert_tickets.core.files import atomic_write_text
 from nni_bert_tickets.experiments.verdicts import lead_interval
+from nni_bert_tickets.tasks.glue import TASKS
 
 NOTE = ("The embedded 6-layer all-MiniLM-L6-v2 at CPU scale: the method on a small model, **not the paper's "
         "numbers**. Each cell is the mean ± sample std over n trainings; a row with n = 1 is one training, and a "
         "verdict from one training is a guess. What these tables do not measure is the ticket's own property: it is "
         "found from θ0, trains from θ0 and transfers to other tasks (docs/results/cpu/); a peer that scores higher "
         "here is said so below, plainly.")
+
+
+def title(task: str) -> str:
+    """The task as GLUE writes it: ``SST-2``, ``MRPC``."""
+    return TASKS[task].display_name if task in TASKS else task.upper()
 
 
 def pct(level: float) -> str:
@@ -97,7 +103,7 @@ def _lead(ticket: List[float], other: List[float]) -> str:
 
 def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
     levels = sorted({r["sparsity"] for e in result["methods"].values() for r in e["rows"]})
-    lines = [f"## {result['task'].upper()}: unstructured pruners ({result['metric']})", "",
+    lines = [f"## {title(result['task'])}: unstructured pruners ({result['metric']})", "",
              f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps. {_full(result)} Made by:", "",
              "```bash",
              *result["commands"], "```", "",
@@ -110,7 +116,7 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
                      + " | ".join(cell(rows[s]) if s in rows else "" for s in levels) + f" | {steps} |")
     lines.append("")
     if png:
-        lines += [f"![{result['task']}: accuracy against sparsity]({png})", ""]
+        lines += [f"![{title(result['task'])}: accuracy against sparsity]({png})", ""]
     beaten = above_ticket(result)
     lines += ["**Where a peer scores above the ticket:**", ""] + ([f"- {b}" for b in beaten] or
                                                                  ["- nowhere: the IMP ticket is highest at every level it has."])
@@ -132,7 +138,7 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
 
 def structured(result: Dict[str, Any]) -> List[str]:
     batches = [str(b) for b in result["timing"]["batch_sizes"]]
-    lines = [f"## {result['task'].upper()}: structured pruners at equal measured speed-up ({result['metric']})", "",
+    lines = [f"## {title(result['task'])}: structured pruners at equal measured speed-up ({result['metric']})", "",
              f"One fine-tuning is {result['one_finetuning_steps']} optimizer steps; speed-up against the dense "
              f"model ({cell(result['dense'])}), {result['timing']['statistic']}, length {result['timing']['length']}, "
              f"{result['timing']['threads']} threads. Made by:", "", "```bash", result["command"], "```", ""]

@@ -114,7 +114,9 @@ def _check_page(tmp_path, result, png):
     spec.loader.exec_module(page)
     page.main([str(folder), "--out", str(folder / "peers.md")])
     text = (folder / "peers.md").read_text()
-    assert "not the paper's numbers" in text and "![mrpc" in text and "(peers-mrpc.png)" in text
+    assert "not the paper's numbers" in text and "(peers-mrpc.png)" in text
+    assert "## MRPC: unstructured" in text and "![MRPC" in text  # tasks as GLUE writes them
+    assert [page.title(t) for t in ("sst2", "stsb", "cola", "mrpc")] == ["SST-2", "STS-B", "CoLA", "MRPC"]
     assert all(command in text for command in result["commands"])
     assert f"The full model (dense, one fine-tuning, the same run-store units as Table 2's) scores " \
            f"{page.cell(result['full'])}" in text

@@ -29,8 +29,13 @@ class GlueTask:
     num_labels: int                      # 1 = regression
     eval_splits: Tuple[str, ...] = ("validation",)
     metric: str = "accuracy"             # the paper's main metric
+    title: str = ""                      # as GLUE writes it ("SST-2"); empty: the name in capitals
     # the metrics are fractions (accuracy 0.85, Pearson 0.88): × 100 gives the points the paper prints
     metric_scale: ClassVar[float] = 100.0
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.name.upper()
 
     @property
     def is_regression(self) -> bool:
@@ -68,10 +73,10 @@ class GlueTask:
 
 
 TASKS: Dict[str, GlueTask] = {t.name: t for t in [
-    GlueTask("cola", ("sentence",), 2, metric="matthews_correlation"),
-    GlueTask("sst2", ("sentence",), 2),
+    GlueTask("cola", ("sentence",), 2, metric="matthews_correlation", title="CoLA"),
+    GlueTask("sst2", ("sentence",), 2, title="SST-2"),
     GlueTask("mrpc", ("sentence1", "sentence2"), 2),
-    GlueTask("stsb", ("sentence1", "sentence2"), 1, metric="pearson"),
+    GlueTask("stsb", ("sentence1", "sentence2"), 1, metric="pearson", title="STS-B"),
     GlueTask("qqp", ("question1", "question2"), 2),
     GlueTask("mnli", ("premise", "hypothesis"), 3, ("validation_matched", "validation_mismatched")),
     GlueTask("qnli", ("question", "sentence"), 2),
