@@ -22,10 +22,12 @@ one fine-tuning's budget being T optimizer steps:
 Every (method, sparsity, seed) is a unit of the run store (``cached``): an interrupted benchmark resumes at the first
 unfinished unit, and runs the Table 2 / Table 3 runner already finished are read, not retrained (the IMP run and
 the first seed's standard pruning run go to the config's ``target_sparsity``, whatever this call asks, so that every
-call shares them with Table 2 and with each other). Calls add to the results file: a call's rows replace those of
-the same (method, sparsity) unless the stored row has more seeds (a call's seeds are config.seed, +1, ..., so fewer
-seeds are the stored row's first ones), and leave the others, so a plan of several calls (three seeds at the headline level,
-one elsewhere) ends in one file, each row with its own ``n``; the file lists every call in ``commands``. A file made
+call shares them with Table 2 and with each other). Calls add to the results file: a (method, sparsity) whose
+stored row already has at least the call's seeds is kept and not trained (a call's seeds are config.seed, +1, ..., so
+fewer seeds are the stored row's first ones; its units need not be in this run store), a row with fewer seeds is
+replaced, and other rows are left, so a plan of several calls (three seeds at the headline level, one elsewhere)
+ends in one file, each row with its own ``n``; the file lists every call in ``commands``. To redo a row, move the
+file away. A file made
 at other settings (config, model, budget) is refused, naming it. Steps are counted:
 the optimizer steps the peer took, and for IMP and standard pruning every round up to that level (the search).
 
@@ -282,6 +284,10 @@ def run(args) -> Dict[str, Any]:
         entry.update(what=PEERS[method][2] if method in PEERS else RUNNER[method],
                      budget=PEERS[method][1] if method in PEERS else None)
         for s in sparsities_of(method, args.sparsities):
+            stored = [r for r in entry["rows"] if abs(r["sparsity"] - s) < 1e-9]
+            if stored and stored[0]["n"] >= args.seeds and "error" not in stored[0]:
+                _log.info("%s at %.2f: kept the stored row (n = %d), nothing to train", method, s, stored[0]["n"])
+                continue  # its units may be gone from the run store; the results file holds them
             runs, error = [], None
             for i in range(args.seeds):
                 try:
@@ -303,9 +309,6 @@ def run(args) -> Dict[str, Any]:
                    "sparsity_from": runs[0]["sparsity_from"] if runs else None}
             if error:
                 row["error"] = error
-            stored = [r for r in entry["rows"] if abs(r["sparsity"] - s) < 1e-9]
-            if stored and stored[0]["n"] > row["n"] and "error" not in stored[0]:
-                row = stored[0]  # fewer seeds are a prefix of the stored row's (seeds config.seed, +1, ...)
             entry["rows"] = sorted([r for r in entry["rows"] if abs(r["sparsity"] - s) > 1e-9] + [row],
                                    key=lambda r: r["sparsity"])
             atomic_write_text(out, json.dumps(result, indent=1, default=str))

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     def two_of_four(run_dir):
         return all(bool((m.reshape(-1, 4).sum(dim=1) == 2).all()) for m in ticket_at(run_dir, 0.5).masks.values())
     assert two_of_four(nm_run) and not two_of_four(imp_run)
-    # a second call reads every unit back from the run store: same numbers, nothing retrained
+    # a second call finds every row in the results file: same numbers, nothing retrained
     again = _peers(tmp_path, *budget)
     assert "tables: running" not in again.stderr and "imp_run: IMP on" not in again.stderr
     again_result = json.loads((tmp_path / "peers.json").read_text())
@@ -94,8 +95,13 @@ def test_every_method_on_a_tiny_budget(tmp_path, minilm_path, glue_dir):
     assert row["n"] == 2 and row["runs"][0] == result["methods"]["oneshot"]["rows"][0]["runs"][0]
     assert {m: e for m, e in merged["methods"].items() if m != "oneshot"} == \
         {m: e for m, e in result["methods"].items() if m != "oneshot"}
-    _peers(tmp_path, *budget[:2], "--methods", "oneshot", *budget[2:])  # one seed: a prefix of the stored two
+    # one seed where the file holds two: the row is kept and nothing trains, even with its units gone from the store
+    for unit in (tmp_path / "runs").glob("oneshot-mrpc-*"):
+        shutil.rmtree(unit)
+    kept = _peers(tmp_path, *budget[:2], "--methods", "oneshot", *budget[2:])
+    assert "oneshot at 0.50: kept the stored row (n = 2)" in kept.stderr and "tables: running" not in kept.stderr
     assert json.loads((tmp_path / "peers.json").read_text())["methods"] == merged["methods"]
+    assert not list((tmp_path / "runs").glob("oneshot-mrpc-*"))
     png = tmp_path / "peers.png"
     _peers(tmp_path, "--plot", str(tmp_path / "peers.json"), "--png", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
