@@ -27,9 +27,8 @@ stored row already has at least the call's seeds is kept and not trained (a call
 fewer seeds are the stored row's first ones; its units need not be in this run store), a row with fewer seeds is
 replaced, and other rows are left, so a plan of several calls (three seeds at the headline level, one elsewhere)
 ends in one file, each row with its own ``n``; the file lists every call in ``commands``. To redo a row, move the
-file away. A file made
-at other settings (config, model, budget) is refused, naming it. Steps are counted:
-the optimizer steps the peer took, and for IMP and standard pruning every round up to that level (the search).
+file away. A file made at other settings (config, model, budget) is refused, naming it. Steps are counted: the
+optimizer steps the peer took, and for IMP and standard pruning every round up to that level (the search).
 
     python benchmarks/peers.py --task mrpc --sparsities 0.5 0.7 0.9 --seeds 1
     python benchmarks/peers.py --task mrpc --sparsities 0.5 --methods imp imp_2:4 oneshot oneshot_2:4 --seeds 3
