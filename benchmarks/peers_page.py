@@ -146,7 +146,7 @@ def structured(result: Dict[str, Any]) -> List[str]:
     if nni and not nni.get("ran"):
         lines += [f"NNI 3 `TaylorPruner` + `ModelSpeedup` did not run here (stage {nni.get('stage')}: "
                   f"`{str(nni.get('error'))[:160]}`); the Taylor peer runs through torch-pruning.", ""]
-    for point in result["points"]:
+    for point in sorted(result["points"], key=lambda p: (p["head_sparsity"], p["channel_sparsity"])):  # by speed
         lines += [f"Heads {pct(point['head_sparsity'])}, FFN channels {pct(point['channel_sparsity'])} removed:", "",
                   "| variant | " + " | ".join(["metric", "steps", *(f"speed-up b{b}" for b in batches)]) + " |",
                   "|---|---:|---:|" + "---:|" * len(batches)]

@@ -171,3 +171,17 @@ def test_a_structured_point_gives_the_tickets_lead_over_each_variant_with_seeds(
     point["variants"]["ticket"]["runs"] = [0.80]
     (peer_only,) = peers_page.point_leads(point)
     assert peer_only == peer_line
+
+
+def test_the_page_lists_structured_points_by_speed_whatever_order_the_json_holds():
+    """A call may train its headline point first (``--points 0.5:0.6:3 0.25:0.4``); the page still reads 1.4× first."""
+    import peers_page
+    variant = {"mean": 0.8, "std": None, "n": 1, "runs": [0.8], "steps": [10]}
+    result = {"task": "sst2", "metric": "accuracy", "one_finetuning_steps": 10, "command": "python x.py",
+              "dense": {"mean": 0.85, "std": None, "n": 1}, "nni_modelspeedup": None,
+              "timing": {"batch_sizes": [1], "statistic": "median", "length": 8, "threads": 1},
+              "points": [{"head_sparsity": h, "channel_sparsity": c, "variants": {"ticket": variant}}
+                         for h, c in ((0.5, 0.6), (0.25, 0.4), (0.75, 0.75))]}
+    text = "\n".join(peers_page.structured(result))
+    at = [text.index(f"Heads {h} %, FFN channels {c} % removed") for h, c in ((25, 40), (50, 60), (75, 75))]
+    assert at == sorted(at)
