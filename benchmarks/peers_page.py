@@ -118,8 +118,8 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
     if png:
         lines += [f"![{title(result['task'])}: accuracy against sparsity]({png})", ""]
     beaten = above_ticket(result)
-    lines += ["**Where a peer scores above the ticket:**", ""] + ([f"- {b}" for b in beaten] or
-                                                                 ["- nowhere: the IMP ticket is highest at every level it has."])
+    nowhere = "- nowhere: the IMP ticket is highest at every level it has."
+    lines += ["**Where a peer scores above the ticket:**", ""] + ([f"- {b}" for b in beaten] or [nowhere])
     lines.append("")
     lines += ["**The ticket's lead over each peer** (where both have two trainings or more):", ""] + (
         [f"- {line}" for line in leads(result)] or ["- no level has two trainings of the ticket and of a peer yet."])
