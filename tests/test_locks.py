@@ -1,5 +1,5 @@
 """One writer per unit: two real processes on one unit do the work once and get the same result; a lock left by a
-killed process does not block."""
+killed process does not block; a process finding a unit busy does the free ones first."""
 import json
 import logging
 import os
@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from conftest import tiny_checkpoint
-from nni_bert_tickets.core.locks import HOLDER_FILE, LOCK_FILE
+from nni_bert_tickets.core.locks import HOLDER_FILE, LOCK_FILE, free_first
+from nni_bert_tickets.core.naming import unit_name
 from nni_bert_tickets.core.seeding import ENVIRONMENT_FILE
 from nni_bert_tickets.experiments.tables import cached
 
@@ -152,3 +154,77 @@ def test_two_processes_on_one_cached_unit_compute_it_once(tmp_path):
     assert results == [{"value": a.pid}] * 2
     assert (tmp_path / "train.log").read_text().split() == [str(a.pid)]
     assert f"pid {a.pid}" in (tmp_path / "b.err").read_text()
+
+
+HOLD_UNTIL = """
+import os, sys, time
+from pathlib import Path
+from nni_bert_tickets.core.locks import unit_lock
+with unit_lock(Path(sys.argv[1])):
+    Path(sys.argv[2]).write_text("held")
+    start = time.monotonic()
+    while not os.path.exists(sys.argv[3]) and time.monotonic() - start < float(sys.argv[4]):
+        time.sleep(0.05)
+"""
+
+
+class _InStep:  # two Accelerate processes in step; this is the main one
+    num_processes, is_main_process, trackers = 2, True, []
+
+    def wait_for_everyone(self):
+        pass
+
+
+def _held(tmp_path, item, seconds):
+    """Another process holding toy unit ``item`` until ``release`` appears or ``seconds`` pass."""
+    held, release = tmp_path / f"held-{item}", tmp_path / f"release-{item}"
+    run_dir = tmp_path / "runs" / unit_name("toy", {"x": item})
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_UNTIL, str(run_dir), str(held), str(release), str(seconds)],
+                            env=_env(tmp_path))
+    _wait_for(held.exists, "the lock holder")
+    return proc, release
+
+
+@pytest.mark.parametrize("accelerator", [None, _InStep()], ids=["one process", "processes in step"])
+def test_a_busy_unit_is_put_off_until_the_free_ones_are_done(tmp_path, caplog, accelerator):
+    proc, release = _held(tmp_path, "b", seconds=300 if accelerator is None else 2)
+    order = []
+
+    def compute(item):
+        def run(run_dir):
+            order.append(item)
+            if item == "c":
+                release.write_text("")  # the other process finishes b once c is done
+            return {"value": item * 2}
+        return run
+
+    def work(item):
+        return cached(tmp_path / "runs", "toy", {"x": item}, compute(item), accelerator)["value"]
+    with caplog.at_level(logging.INFO, logger="nni_bert_tickets.core.locks"):
+        results = free_first(["a", "b", "c"], work)
+    proc.wait(timeout=60)
+    assert results == ["aa", "bb", "cc"]  # in the items' order, whatever order they ran in
+    said = caplog.text
+    if accelerator is None:
+        assert order == ["a", "c", "b"]
+        assert f"pid {proc.pid}" in said and "going on to the next unit and coming back to it" in said
+    else:  # a process in step with others cannot leave a unit alone: it waits, in order
+        assert order == ["a", "b", "c"] and "waiting for it" in said and "going on" not in said
+    assert free_first(["b"], work) == ["bb"] and order.count("b") == 1  # stored once computed
+
+
+def test_free_first_puts_off_an_item_whose_inner_unit_is_busy_and_restores_waiting(tmp_path):
+    proc, release = _held(tmp_path, "inner", seconds=300)
+    done = []
+
+    def work(item):
+        if item == "outer":  # needs a busy unit before its own
+            cached(tmp_path / "runs", "toy", {"x": "inner"}, lambda run_dir: {"value": "inner"})
+        done.append(item)
+        if item == "last":
+            release.write_text("")
+        return item
+    assert free_first(["outer", "last"], work) == ["outer", "last"] and done == ["last", "outer"]
+    proc.wait(timeout=60)
+    _, release = _held(tmp_path, "later", seconds=1)  # outside free_first a busy unit is waited for, as before
+    assert cached(tmp_path / "runs", "toy", {"x": "later"}, lambda run_dir: {"value": 1}) == {"value": 1}

@@ -21,7 +21,7 @@ from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, ran
 from ..core.baseline_pruners import ReinitPruner, ShuffledPruner, mask_config_list
 from .config import ExperimentConfig, load_yaml, unit_name
 from .imp_run import imp_run_dir, prepare, run_imp
-from ..core.locks import unit_lock
+from ..core.locks import free_first, unit_lock
 from ..core.files import atomic_write_text
 from ..core.imp_state import ticket_file
 from ..core.seeding import environment, record_environment
@@ -176,7 +176,8 @@ def check_model(config: ExperimentConfig, shuffle: Optional[str] = None) -> None
 
 def _full_stats(config: ExperimentConfig, accelerator) -> Dict[str, Any]:
     """The full model over ``seeds`` fine-tunings: runs, mean, sample std, n."""
-    return stats([full_model(config, config.seed + i, accelerator)["default"] for i in range(config.seeds)])
+    return stats(free_first([config.seed + i for i in range(config.seeds)],
+                            lambda seed: full_model(config, seed, accelerator)["default"]))
 
 
 def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) -> Dict[str, Any]:
@@ -218,12 +219,16 @@ def table2(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
                      "matching": matching(imp_stats["mean"], full),
                      "strictly_matching": strictly_matching(imp_stats["mean"], full)})
     at = _baseline_levels(config, list(runs), top)
+    jobs = [(row["sparsity"], kind, config.seed + i) for row in rows if any(abs(row["sparsity"] - s) < 1e-6 for s in at)
+            for kind in config.baselines
+            for i in range(k if top is not None and abs(row["sparsity"] - top) < 1e-6 else 1)]
+    scores = dict(zip(jobs, free_first(jobs, lambda job: baseline(config, job[1], job[0], accelerator,
+                                                                  seed=job[2])["default"])))
     for row in rows:
-        if any(abs(row["sparsity"] - s) < 1e-6 for s in at):
-            n = k if top is not None and abs(row["sparsity"] - top) < 1e-6 else 1
-            for kind in config.baselines:
-                kind_stats = stats([baseline(config, kind, row["sparsity"], accelerator, seed=config.seed + i)["default"]
-                                    for i in range(n)])
+        for kind in config.baselines:
+            kind_runs = [score for (level, of, _), score in scores.items() if level == row["sparsity"] and of == kind]
+            if kind_runs:
+                kind_stats = stats(kind_runs)
                 row[kind], row[f"{kind}_stats"] = kind_stats["mean"], kind_stats
     return _save(config, "table2", {
         "task": config.task, "metric": imp["metric"], "full": full, "imp_run": imp["run"], "rows": rows,
@@ -255,10 +260,11 @@ def table3(config: ExperimentConfig, accelerator: Optional[Accelerator] = None) 
     """Rewinding to θi for each i in ``rewind_points`` (fractions of training) and standard pruning."""
     check_model(config)
     full = _full_stats(config, accelerator)
+    points = [*config.rewind_points, None]
+    runs = free_first(points, lambda point: run_imp(dataclasses.replace(
+        config, rewind=point if point is None or point > 0 else 0), accelerator))
     rows = []
-    for point in [*config.rewind_points, None]:
-        variant = dataclasses.replace(config, rewind=point if point is None or point > 0 else 0)
-        imp = run_imp(variant, accelerator)
+    for point, imp in zip(points, runs):
         final = imp["trajectory"][-1]
         rows.append({"rewind": "standard pruning" if point is None else f"{point:.0%}", "fraction": point,
                      "sparsity": final["target_sparsity"], "metric": final["metric"],
@@ -282,26 +288,31 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
     per_task = {t: config.for_task(t) for t in targets}
     tickets, origin = {}, {}
-    for source in targets + [t for t in config.transfer_sources if t not in targets]:
-        label, ticket, run = _transfer_source(config, source, per_task, accelerator)
+    found = free_first(targets + [t for t in config.transfer_sources if t not in targets],
+                       lambda source: _transfer_source(config, source, per_task, accelerator))
+    for label, ticket, run in found:
         tickets[label], origin[label] = ticket, run
     sources = list(tickets)
-    matrix: Dict[str, Dict[str, float]] = {}
-    for source in sources:
-        matrix[source] = {}
-        for target in targets:
-            target_config = per_task[target]
-            settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
-                        "source_run": origin[source]}
 
-            def compute(run_dir, source=source, target_config=target_config):
-                model, tuner = prepare(target_config, accelerator, run_dir / "step-checkpoint")
-                tickets[source].transfer_to(model, task=target_config.task)
-                set_seed(config.seed)
-                return tuner.fit(model)
-            matrix[source][target] = cached(Path(config.output_root), f"transfer-{source}-to-{target}", settings,
-                                            compute, accelerator)["default"]
-    matrix["oneshot"] = {t: baseline(per_task[t], "oneshot", s, accelerator)["default"] for t in targets}
+    def cell(pair) -> float:  # the source's ticket fine-tuned on the target
+        source, target = pair
+        if source == "oneshot":
+            return baseline(per_task[target], "oneshot", s, accelerator)["default"]
+        target_config = per_task[target]
+        settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
+                    "source_run": origin[source]}
+
+        def compute(run_dir):
+            model, tuner = prepare(target_config, accelerator, run_dir / "step-checkpoint")
+            tickets[source].transfer_to(model, task=target_config.task)
+            set_seed(config.seed)
+            return tuner.fit(model)
+        return cached(Path(config.output_root), f"transfer-{source}-to-{target}", settings, compute,
+                      accelerator)["default"]
+    pairs = [(source, target) for source in [*sources, "oneshot"] for target in targets]
+    matrix: Dict[str, Dict[str, float]] = {}
+    for (source, target), score in zip(pairs, free_first(pairs, cell)):
+        matrix.setdefault(source, {})[target] = score
     full = {t: _full_stats(per_task[t], accelerator) for t in targets}
     at_least_own, matched = transfer_verdicts(matrix, full, targets, [*sources, "oneshot"])
     wins = {src: len(ts) for src, ts in at_least_own.items()}
