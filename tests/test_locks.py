@@ -228,3 +228,43 @@ def test_free_first_puts_off_an_item_whose_inner_unit_is_busy_and_restores_waiti
     proc.wait(timeout=60)
     _, release = _held(tmp_path, "later", seconds=1)  # outside free_first a busy unit is waited for, as before
     assert cached(tmp_path / "runs", "toy", {"x": "later"}, lambda run_dir: {"value": 1}) == {"value": 1}
+
+
+def test_two_processes_on_one_table_split_its_independent_units(tmp_path, minilm_path, glue_dir):
+    """What users run: two launches of one Table-2 config. While the first holds the full model's first seed,
+    the second trains the next seed instead of waiting; no unit is trained twice, and both give the same table."""
+    model = tiny_checkpoint(tmp_path / "model", minilm_path)
+    config = tmp_path / "table2.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        experiment="table2", task="wnli", model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16,
+        max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.2, step=0.1, seed=5, seeds=2,
+        baselines=["random_pruning", "random_reinit"], baseline_offsets=[0], log_level="INFO",
+        output_root=str(tmp_path / "runs"))))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    go = tmp_path / "go"
+    command = [sys.executable, str(tmp_path / "driver.py"), "--config", str(config)]
+    with open(tmp_path / "a.err", "w") as a_err, open(tmp_path / "b.err", "w") as b_err:
+        a = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path, GO_FILE=str(go)), stdout=subprocess.PIPE,
+                             stderr=a_err, text=True)
+        _wait_for(lambda: list((tmp_path / "runs").glob(f"full-wnli-*/{HOLDER_FILE}")), "the first process's lock")
+        b = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=b_err, text=True)
+        _wait_for(lambda: len(list((tmp_path / "runs").glob("full-wnli-*/result.json"))) == 1 or b.poll() is not None,
+                  "the second process to train the other seed")
+        go.write_text("")
+        out_a, _ = a.communicate(timeout=600)
+        out_b, _ = b.communicate(timeout=600)
+    errors = (tmp_path / "a.err").read_text()[-3000:] + (tmp_path / "b.err").read_text()[-3000:]
+    assert (a.returncode, b.returncode) == (0, 0), errors
+    assert "going on to the next unit and coming back to it" in (tmp_path / "b.err").read_text()
+    full_by = {json.loads((d / "settings.json").read_text())["seed"]: d for d in (tmp_path / "runs").glob("full-wnli-*")}
+    assert sorted(full_by) == [5, 6]
+    trained = (tmp_path / "train.log").read_text().split()
+    # each trained once, by either process: 2 full-model seeds, 3 IMP rounds (0, 10, 20 %), the 2 levels retrained
+    # from θ0 with a fresh head (the default head), 2 baselines at one level
+    units = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(trained) == 9 and set(trained) == {str(a.pid), str(b.pid)}, (trained, units)
+    assert out_a == out_b and "highest_winning_sparsity" in out_a, (out_a, out_b)
+    table = json.loads((tmp_path / "runs" / "tables" / "table2-wnli.json").read_text())
+    assert table["full"]["n"] == 2 and [r["sparsity"] for r in table["rows"]] == [0.1, 0.2]
+    assert [kind for r in table["rows"] for kind in ("random_pruning", "random_reinit") if kind in r] == \
+        ["random_pruning", "random_reinit"]  # at the one baseline level, each from its stored unit
