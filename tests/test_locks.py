@@ -51,28 +51,36 @@ def _wait_for(condition, what, timeout=300):
         time.sleep(0.05)
 
 
-def test_two_processes_on_one_imp_run_train_it_once_and_both_get_its_results(tmp_path, minilm_path, glue_dir):
-    model = tiny_checkpoint(tmp_path / "model", minilm_path)
-    config = tmp_path / "imp.yaml"
+def _two_drivers(tmp_path, minilm_path, glue_dir, settings, held, second_ready, what):
+    """Run two driver processes on one tiny wnli config (``settings`` added): the first holds its first training
+    until the second, started once ``held`` (a unit glob) is locked, meets ``second_ready(b)``. Returns
+    ``(a, b, out_a, out_b)`` after both exit with 0."""
+    config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(dict(
-        task="wnli", model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16, max_length=48,
-        batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.2, step=0.1, seed=5, log_level="INFO",
-        output_root=str(tmp_path / "runs"))))
+        task="wnli", model=tiny_checkpoint(tmp_path / "model", minilm_path), data_dir=glue_dir, max_train_samples=32,
+        max_eval_samples=16, max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.2,
+        step=0.1, seed=5, log_level="INFO", output_root=str(tmp_path / "runs"), **settings)))
     (tmp_path / "driver.py").write_text(DRIVER)
     go = tmp_path / "go"
     command = [sys.executable, str(tmp_path / "driver.py"), "--config", str(config)]
     with open(tmp_path / "a.err", "w") as a_err, open(tmp_path / "b.err", "w") as b_err:
         a = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path, GO_FILE=str(go)), stdout=subprocess.PIPE,
                              stderr=a_err, text=True)
-        _wait_for(lambda: list((tmp_path / "runs").glob(f"imp-wnli-*/{HOLDER_FILE}")), "the first process's lock")
+        _wait_for(lambda: list((tmp_path / "runs").glob(f"{held}/{HOLDER_FILE}")), "the first process's lock")
         b = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=b_err, text=True)
-        _wait_for(lambda: "waiting for it" in (tmp_path / "b.err").read_text() or b.poll() is not None,
-                  "the second process to wait")
+        _wait_for(lambda: second_ready(b) or b.poll() is not None, what)
         go.write_text("")
         out_a, _ = a.communicate(timeout=600)
         out_b, _ = b.communicate(timeout=600)
     assert (a.returncode, b.returncode) == (0, 0), (tmp_path / "a.err").read_text()[-3000:] + \
         (tmp_path / "b.err").read_text()[-3000:]
+    return a, b, out_a, out_b
+
+
+def test_two_processes_on_one_imp_run_train_it_once_and_both_get_its_results(tmp_path, minilm_path, glue_dir):
+    a, b, out_a, out_b = _two_drivers(tmp_path, minilm_path, glue_dir, {}, "imp-wnli-*",
+                                      lambda b: "waiting for it" in (tmp_path / "b.err").read_text(),
+                                      "the second process to wait")
     waited = (tmp_path / "b.err").read_text()
     assert f"is being worked on by pid {a.pid} on " in waited and "finished by another process" in waited
     trained = (tmp_path / "train.log").read_text().split()
@@ -233,28 +241,11 @@ def test_free_first_puts_off_an_item_whose_inner_unit_is_busy_and_restores_waiti
 def test_two_processes_on_one_table_split_its_independent_units(tmp_path, minilm_path, glue_dir):
     """What users run: two launches of one Table-2 config. While the first holds the full model's first seed,
     the second trains the next seed instead of waiting; no unit is trained twice, and both give the same table."""
-    model = tiny_checkpoint(tmp_path / "model", minilm_path)
-    config = tmp_path / "table2.yaml"
-    config.write_text(yaml.safe_dump(dict(
-        experiment="table2", task="wnli", model=model, data_dir=glue_dir, max_train_samples=32, max_eval_samples=16,
-        max_length=48, batch_size=8, epochs=1, learning_rate=1e-3, target_sparsity=0.2, step=0.1, seed=5, seeds=2,
-        baselines=["random_pruning", "random_reinit"], baseline_offsets=[0], log_level="INFO",
-        output_root=str(tmp_path / "runs"))))
-    (tmp_path / "driver.py").write_text(DRIVER)
-    go = tmp_path / "go"
-    command = [sys.executable, str(tmp_path / "driver.py"), "--config", str(config)]
-    with open(tmp_path / "a.err", "w") as a_err, open(tmp_path / "b.err", "w") as b_err:
-        a = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path, GO_FILE=str(go)), stdout=subprocess.PIPE,
-                             stderr=a_err, text=True)
-        _wait_for(lambda: list((tmp_path / "runs").glob(f"full-wnli-*/{HOLDER_FILE}")), "the first process's lock")
-        b = subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=b_err, text=True)
-        _wait_for(lambda: len(list((tmp_path / "runs").glob("full-wnli-*/result.json"))) == 1 or b.poll() is not None,
-                  "the second process to train the other seed")
-        go.write_text("")
-        out_a, _ = a.communicate(timeout=600)
-        out_b, _ = b.communicate(timeout=600)
-    errors = (tmp_path / "a.err").read_text()[-3000:] + (tmp_path / "b.err").read_text()[-3000:]
-    assert (a.returncode, b.returncode) == (0, 0), errors
+    a, b, out_a, out_b = _two_drivers(
+        tmp_path, minilm_path, glue_dir,
+        dict(experiment="table2", seeds=2, baselines=["random_pruning", "random_reinit"], baseline_offsets=[0]),
+        "full-wnli-*", lambda b: len(list((tmp_path / "runs").glob("full-wnli-*/result.json"))) == 1,
+        "the second process to train the other seed")
     assert "going on to the next unit and coming back to it" in (tmp_path / "b.err").read_text()
     full_by = {json.loads((d / "settings.json").read_text())["seed"]: d for d in (tmp_path / "runs").glob("full-wnli-*")}
     assert sorted(full_by) == [5, 6]
