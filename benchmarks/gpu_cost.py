@@ -15,8 +15,12 @@ evaluates ``--eval-samples`` dev examples, included in its time), and the peak G
 fine-tunings the paper's protocol needs per task (IMP rounds from 0 to the config's target, the full model's other
 seeds, one training per baseline), times that task's steps per fine-tuning (the published training-set sizes,
 the paper's epochs and batch), at the steady-state seconds per step (the mean over rounds after the first).
-"Cheap search" divides the IMP part by the ``top_down`` saving of ``docs/results/verdict_levels.json`` (a cost model
-of the CPU tables, not a GPU measurement). Padding is to the full length (``--padding max_length``, the reference
+Beside each, the baseline measured in the same run: a bare PyTorch loop of the same model, batch and length
+(``plain_loop``), and the library's seconds a step over it (evaluation and pruning included on the library's side).
+"Cheap search" divides the whole by the saving measured on the CPU Table 2 (``steps_ratio_geometric_mean`` of
+``docs/results/search_cost_table2.json``: early-stopped rounds and top-down verdict levels against the full protocol,
+all optimizer steps counted; the embedded model at CPU scale, not a GPU measurement). ``_bare_loop`` columns: the same
+count at the bare loop's seconds a step, a floor for the library on that machine. Padding is to the full length (``--padding max_length``, the reference
 code's), an upper bound for tasks with short sentences.
 
     python benchmarks/gpu_cost.py --precision bf16 --json docs/results/gpu_cost.json          # on a GPU
@@ -100,6 +104,43 @@ def measure(kind: str, model: Path, args) -> Dict[str, Any]:
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None}
 
 
+def plain_loop(kind: str, model: Path, args) -> Dict[str, Any]:
+    """The baseline measured in the same run: a bare PyTorch loop (AdamW, autocast in ``--precision``, no masks,
+    no data loader, no evaluation) on the same model (a classification head for both kinds), batch and length, random
+    token ids; seconds an optimizer step, the mean of ``--steps`` steps after five warm-up steps."""
+    from transformers import AutoModelForSequenceClassification
+
+    settings = load_yaml(PAPER / KINDS[kind][0])
+    batch, length = settings["batch_size"], settings.get("max_length", 128)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    torch.manual_seed(0)
+    net = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=2).to(device).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings["learning_rate"])
+    ids = torch.randint(1000, 30000, (batch, length), device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[args.precision]
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = net(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(5):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    return {"batch_size": batch, "max_length": length, "seconds_per_step": seconds,
+            "examples_per_second": batch / seconds}
+
+
 def fine_tunings(settings: Dict[str, Any]) -> Dict[str, int]:
     """The trainings the paper's Table 2 protocol needs for one task's config."""
     config = ExperimentConfig(**{**settings, "model": "unused"})
@@ -109,6 +150,7 @@ def fine_tunings(settings: Dict[str, Any]) -> Dict[str, int]:
 
 
 def project(measured: Dict[str, Dict[str, Any]], saving: float) -> List[Dict[str, Any]]:
+    """GPU-hours of each paper task's Table 2: its fine-tunings x steps a fine-tuning x seconds a step."""
     rows = []
     for path in sorted(PAPER.glob("table2-*.yaml")) + [PAPER / "squad.yaml"]:
         settings = load_yaml(path)
@@ -118,11 +160,13 @@ def project(measured: Dict[str, Dict[str, Any]], saving: float) -> List[Dict[str
         count = fine_tunings(settings)
         per_step = measured[kind]["seconds_per_step"]
         full = sum(count.values()) * steps * per_step / 3600
-        cheap = (count["imp_rounds"] / saving + count["full_model_other_seeds"] + count["baselines"]) * steps \
-            * per_step / 3600
-        rows.append({"task": task, "config": str(path.relative_to(ROOT)), "train_examples": TRAIN_SIZES[task],
-                     "steps_a_finetuning": steps, **count, "gpu_hours_full_search": full,
-                     "gpu_hours_cheap_search": cheap})
+        row = {"task": task, "config": str(path.relative_to(ROOT)), "train_examples": TRAIN_SIZES[task],
+               "steps_a_finetuning": steps, **count, "gpu_hours_full_search": full,
+               "gpu_hours_cheap_search": full / saving}
+        if "plain_loop" in measured[kind]:
+            bare = sum(count.values()) * steps * measured[kind]["plain_loop"]["seconds_per_step"] / 3600
+            row.update(gpu_hours_full_search_bare_loop=bare, gpu_hours_cheap_search_bare_loop=bare / saving)
+        rows.append(row)
     return rows
 
 
@@ -143,42 +187,59 @@ def main(argv=None) -> None:
     parser.add_argument("--squad-root", type=Path, default=ROOT.parent / "shared" / "data",
                         help="the folder holding squad/validation.jsonl")
     parser.add_argument("--output-root", default=None, help="run store (default: a fresh temporary folder)")
-    parser.add_argument("--verdict-levels", type=Path, default=ROOT / "docs" / "results" / "verdict_levels.json",
-                        help="the cost model whose top_down saving gives the cheap-search projection")
+    parser.add_argument("--search-cost", type=Path, default=ROOT / "docs" / "results" / "search_cost_table2.json",
+                        help="benchmarks/search_cost_table2.py's output: its measured saving gives the cheap column")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: project again from this earlier output's measurements (no GPU needed)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     problems = [f"--{name} must be >= {low}, got {value}" for name, value, low in
                 (("steps", args.steps, 1), ("rounds", args.rounds, 2), ("eval-samples", args.eval_samples, 1))
                 if value < low]
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available() and args.from_json is None:
         problems.append("--device cuda but torch sees no GPU (torch %s); --device cpu checks the logic only"
                         % torch.__version__)
+    if args.from_json is not None and not args.from_json.is_file():
+        problems.append(f"--from-json {args.from_json}: no such file")
     if args.device == "cpu" and args.precision != "no":
         problems.append(f"--precision {args.precision} on --device cpu: this machine has no fast bf16; use --precision no")
     if problems:
         parser.error("; ".join(problems))
-    levels = json.loads(args.verdict_levels.read_text())
-    savings = [t["top_down"]["saving_vs_head_rewind"] for t in levels["tasks"]]
-    saving = math.exp(statistics.fmean(math.log(s) for s in savings))
+    search_cost = json.loads(args.search_cost.read_text())
+    saving, tasks = search_cost["steps_ratio_geometric_mean"], [t["task"] for t in search_cost["tasks"]]
+    if args.from_json is not None:
+        earlier = json.loads(args.from_json.read_text())
+        result = {"command": command(__file__, argv), "measured_by": earlier.get("measured_by", earlier["command"]),
+                  **{k: earlier[k] for k in ("device", "torch", "precision", "shape", "measured")}}
+        emit(finish(result, saving, tasks, args.search_cost.name), args.json)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         args.output_root = args.output_root or str(Path(tmp) / "runs")
         model = random_bert(Path(tmp) / f"bert-{args.shape}-random", args.tokenizer, args.shape, seed=0)
         measured = {kind: measure(kind, model, args) for kind in args.kinds}
-    result = {
-        "command": command(__file__, argv),
-        "note": ("bert-base shape with random weights and the embedded tokenizer's vocabulary; timings of the "
-                 "library's IMP runner on this machine; the projection multiplies them by the paper protocol's "
-                 "fine-tunings, and the cheap-search column by a CPU cost model (top_down, geometric mean saving "
-                 f"{saving:.2f}x over {len(savings)} tasks from {args.verdict_levels.name}), not a GPU measurement"),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "torch": torch.__version__, "precision": args.precision, "shape": args.shape,
-        "measured": measured,
-        "projection": project(measured, saving) if {"glue", "squad"} <= set(measured) else None,
-    }
-    if result["projection"]:
-        result["total_gpu_hours_full_search"] = sum(r["gpu_hours_full_search"] for r in result["projection"])
-        result["total_gpu_hours_cheap_search"] = sum(r["gpu_hours_cheap_search"] for r in result["projection"])
-    emit(result, args.json)
+        for kind in args.kinds:  # the same model, batch and length without the library: its overhead, as a ratio
+            plain = plain_loop(kind, model, args)
+            measured[kind]["plain_loop"] = {**plain, "library_over_plain": measured[kind]["seconds_per_step"]
+                                            / plain["seconds_per_step"]}
+    result = {"command": command(__file__, argv),
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+              "torch": torch.__version__, "precision": args.precision, "shape": args.shape, "measured": measured}
+    emit(finish(result, saving, tasks, args.search_cost.name), args.json)
+
+
+def finish(result: Dict[str, Any], saving: float, tasks: List[str], source: str) -> Dict[str, Any]:
+    """The note, the projection and its totals, from ``result["measured"]``."""
+    measured = result["measured"]
+    result["note"] = ("bert-base shape with random weights and the embedded tokenizer's vocabulary; timings of the "
+                      "library's IMP runner, and of a bare PyTorch loop beside it, on the device named; the "
+                      "projection multiplies them by the paper protocol's fine-tunings, and the cheap-search column "
+                      f"divides by the saving measured on the CPU Table 2 ({saving:.3f}x, geometric mean over "
+                      f"{', '.join(tasks)} from {source}; the embedded model at CPU scale), not a GPU measurement")
+    result["projection"] = project(measured, saving) if {"glue", "squad"} <= set(measured) else None
+    for row in result["projection"] or []:
+        for key in [k for k in row if k.startswith("gpu_hours_")]:
+            result[f"total_{key}"] = result.get(f"total_{key}", 0.0) + row[key]
+    return result
 
 
 if __name__ == "__main__":

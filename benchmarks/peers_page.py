@@ -1,7 +1,8 @@
 """The results page of issue 23: the ticket against the pruners people would pick instead, from the benchmarks' JSON.
 
-Reads ``peers-<task>.json`` (``benchmarks/peers.py``: unstructured pruners and the 2:4 rows) and
-``peers_structured-<task>.json`` (``benchmarks/structured_peers.py``) in a folder and writes one markdown page: per
+Reads ``peers-<task>.json`` (``benchmarks/peers.py``: unstructured pruners and the 2:4 rows),
+``peers_structured-<task>.json`` (``benchmarks/structured_peers.py``) and, where present, ``semi_structured.json``
+(``benchmarks/semi_structured.py``: 2:4 speed on a GPU) in a folder and writes one markdown page: per
 task a table of every method at every sparsity (mean ± sample std over n trainings, and the optimizer steps it
 took), the commands that made it, the plot where ``peers.py --plot`` drew one, and in words every place where a peer
 scores above the ticket. Nothing is typed by hand: rerun it when a results file changes.
@@ -132,7 +133,39 @@ def unstructured(result: Dict[str, Any], png: Optional[str]) -> List[str]:
             gap = 100 * (a["mean"] - b["mean"])
             lines += [f"**2:4 ticket against the unstructured ticket at {pct(a['sparsity'])}:** {cell(a)} against "
                       f"{cell(b)}, {gap:+.2f} points ({'within' if abs(gap) <= 1 else 'not within'} 1 point). "
-                      "Accuracy only: no CPU speed-up is claimed for 2:4.", ""]
+                      "Accuracy only: no CPU speed-up is claimed for 2:4 (its GPU timing: the last section).", ""]
+    return lines
+
+
+def semi_structured(result: Dict[str, Any]) -> List[str]:
+    """2:4 speed on a GPU: dense (zeros in place) against semi-structured matrices, whole models and one matrix."""
+    rows, matmuls = result["rows"], result.get("matmuls") or []
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["## 2:4 tickets on a GPU (speed)", "",
+             f"{result['device']}, torch {result['torch']}, one run: forward passes of a random model with a one-shot "
+             f"2:4 mask, dense with its zeros against every pruned matrix semi-structured (milliseconds, the median of "
+             f"the timed passes; in brackets dense over 2:4, below 1 a slowdown). Length {rows[0]['length']}. Made by:",
+             "", "```bash", result["command"], "```", "",
+             "| shape | dtype | backend | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|---|" + "---:|" * len(batches)]
+    groups: Dict[tuple, Dict[int, Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["dtype"], r["backend"]), {})[r["batch"]] = r
+    for (shape, dtype, backend), by_batch in groups.items():
+        cells = [f"{by_batch[b]['dense_ms']:.1f} / {by_batch[b]['semi_structured_ms']:.1f} "
+                 f"({by_batch[b]['speedup']:.2f}×)" if b in by_batch else "–" for b in batches]
+        lines.append(f"| {shape} | {dtype} | {backend} | " + " | ".join(cells) + " |")
+    speedups = [r["speedup"] for r in rows]
+    verdict = "faster" if min(speedups) > 1 else "slower" if max(speedups) < 1 else "faster in some cells only"
+    lines += ["", f"Speed-up from {min(speedups):.2f}× to {max(speedups):.2f}×: 2:4 is {verdict} here. Largest "
+              f"logit difference from dense: {max(r['max_abs_logit_difference'] for r in rows):.3g}.", ""]
+    if matmuls:
+        sparse = [m["semi_structured_ms"] for m in matmuls]
+        dense = [m["dense_ms"] for m in matmuls]
+        lines += [f"One FFN matrix alone ({len(matmuls)} cells, {min(m['tokens'] for m in matmuls)} to "
+                  f"{max(m['tokens'] for m in matmuls)} tokens): semi-structured {1000 * min(sparse):.0f}–"
+                  f"{1000 * max(sparse):.0f} µs a call against dense {1000 * min(dense):.0f}–"
+                  f"{1000 * max(dense):.0f} µs.", ""]
     return lines
 
 
@@ -191,6 +224,8 @@ def page(folder: Path) -> str:
     for path in sorted(folder.glob("peers_structured-*.json")):
         found = True
         lines += structured(json.loads(path.read_text()))
+    if (folder / "semi_structured.json").is_file():
+        lines += semi_structured(json.loads((folder / "semi_structured.json").read_text()))
     if not found:
         raise SystemExit(f"{folder} holds no peers-<task>.json or peers_structured-<task>.json: run "
                          "benchmarks/peers.py or benchmarks/structured_peers.py first")

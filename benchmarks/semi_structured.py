@@ -6,8 +6,13 @@ values, so the model is a ``BertForSequenceClassification`` of the given shape w
 embedded model's 6 × 384; ``base``: bert-base's 12 × 768), masked by the one-shot 2:4 magnitude mask of its weights
 (``one_shot_magnitude_ticket(..., pattern="2:4")``, pooler left dense). Per dtype and batch (length 128): the dense
 model with the zeros in place, then the same model with every pruned matrix converted to a semi-structured sparse
-tensor, timed in one run (CUDA-synchronised, median of ``--repeats`` after warm-up), and the largest difference of
-their logits (the same function, up to the kernels' rounding).
+tensor, timed in one run (CUDA events, median of ``--repeats`` after warm-up), and the largest difference of
+their logits (the same function, up to the kernels' rounding). torch has two semi-structured kernels, cuSPARSELt
+(its default where the library is present) and CUTLASS (``SparseSemiStructuredTensor._FORCE_CUTLASS``), which torch
+builds for compute capability 8.x only: each that the GPU runs is measured (``--backends``; CUTLASS asked for on
+another capability is refused before any work, as torch 2.11 refused it on an H200, 9.0). ``matmuls``: one bert-base FFN matrix (3072 x 768 and 768 x 3072) alone, ``F.linear`` over
+batch x length tokens, dense against each backend, with the relative error against float64: the kernels' own speed,
+without the launch gaps of a whole eager model.
 
 CPU: the kernels exist only on CUDA GPUs of compute capability 8.0 or higher, so no CPU speed-up is claimed and
 ``--device cpu`` is refused. Accuracy of 2:4 tickets is a CPU experiment (``pattern: "2:4"`` in a Table 2 config).
@@ -50,48 +55,99 @@ def two_four_model(shape: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def to_semi_structured(model: torch.nn.Module) -> int:
-    """Replace each prunable matrix (pooler aside) by its semi-structured sparse form; returns how many."""
-    from torch.sparse import to_sparse_semi_structured
+def to_semi_structured(model: torch.nn.Module, backend: str) -> List[str]:
+    """Replace each prunable matrix (pooler aside) by its semi-structured sparse form through ``backend``
+    (``cusparselt``, torch's default where cuSPARSELt is present, or ``cutlass``); returns the backend each got
+    (torch falls back to CUTLASS where cuSPARSELt is missing)."""
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     modules = prunable_modules(model, pooler=False)
-    for module in modules.values():
-        module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight), requires_grad=False)
-    return len(modules)
+    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        for module in modules.values():
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight), requires_grad=False)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+    return [module.weight.BACKEND for module in modules.values()]
 
 
 @torch.inference_mode()
-def milliseconds(model, inputs, repeats: int) -> float:
+def milliseconds(call, repeats: int) -> float:
+    """Median of ``repeats`` CUDA-event timings of ``call()`` after three warm-up calls."""
     for _ in range(3):
-        model(**inputs)
+        call()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        model(**inputs)
+        call()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
-def measure(shape: str, dtype: str, batches: List[int], length: int, repeats: int) -> List[Dict[str, Any]]:
+def measure(shape: str, dtype: str, backends: List[str], batches: List[int], length: int,
+            repeats: int) -> List[Dict[str, Any]]:
+    """The whole model: dense (zeros in place) against each backend's semi-structured matrices."""
+    import copy
+
     model = two_four_model(shape).to("cuda", DTYPES[dtype])
     generator = torch.Generator().manual_seed(1)
     inputs = {b: {"input_ids": torch.randint(1000, 30000, (b, length), generator=generator).cuda(),
                   "attention_mask": torch.ones(b, length, dtype=torch.long).cuda()} for b in batches}
     with torch.inference_mode():
-        dense = {b: (milliseconds(model, inputs[b], repeats), model(**inputs[b]).logits.float()) for b in batches}
-    converted = to_semi_structured(model)
+        dense = {b: (milliseconds(lambda: model(**inputs[b]), repeats), model(**inputs[b]).logits.float())
+                 for b in batches}
     rows = []
-    for b in batches:
-        sparse_ms = milliseconds(model, inputs[b], repeats)
-        with torch.inference_mode():
-            diff = (model(**inputs[b]).logits.float() - dense[b][1]).abs().max().item()
-        rows.append({"shape": shape, "dtype": dtype, "batch": b, "length": length, "matrices": converted,
-                     "dense_ms": dense[b][0], "semi_structured_ms": sparse_ms, "speedup": dense[b][0] / sparse_ms,
-                     "max_abs_logit_difference": diff})
+    for backend in backends:
+        sparse = copy.deepcopy(model)
+        used = to_semi_structured(sparse, backend)
+        for b in batches:
+            sparse_ms = milliseconds(lambda: sparse(**inputs[b]), repeats)
+            with torch.inference_mode():
+                diff = (sparse(**inputs[b]).logits.float() - dense[b][1]).abs().max().item()
+            rows.append({"shape": shape, "dtype": dtype, "backend": backend, "backends_used": sorted(set(used)),
+                         "batch": b, "length": length, "matrices": len(used), "dense_ms": dense[b][0],
+                         "semi_structured_ms": sparse_ms, "speedup": dense[b][0] / sparse_ms,
+                         "max_abs_logit_difference": diff})
+    return rows
+
+
+def measure_matmuls(dtype: str, backends: List[str], batches: List[int], length: int,
+                    repeats: int) -> List[Dict[str, Any]]:
+    """One bert-base FFN matrix at a time (no launch gaps between layers): ``F.linear`` of batch x length tokens."""
+    from torch.nn.functional import linear
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    from nni_bert_tickets.core.masks import nm_magnitude_masks
+    rows = []
+    generator = torch.Generator().manual_seed(2)
+    for out_features, in_features in ((3072, 768), (768, 3072)):
+        weight = torch.randn(out_features, in_features, generator=generator)
+        weight = (weight * nm_magnitude_masks({"w": weight}, 0.5, 2, 4)["w"]).to("cuda", DTYPES[dtype])
+        for b in batches:
+            x = torch.randn(b * length, in_features, generator=generator).to("cuda", DTYPES[dtype])
+            dense_ms = milliseconds(lambda: linear(x, weight), repeats)
+            reference = linear(x.double(), weight.double())
+            dense_error = ((linear(x, weight).double() - reference).norm() / reference.norm()).item()
+            for backend in backends:
+                forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+                SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+                try:
+                    sparse = to_sparse_semi_structured(weight)
+                finally:
+                    SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+                sparse_ms = milliseconds(lambda: linear(x, sparse), repeats)
+                with torch.inference_mode():
+                    error = (linear(x, sparse).double() - reference).norm() / reference.norm()
+                rows.append({"dtype": dtype, "backend": backend, "backend_used": sparse.BACKEND,
+                             "out_features": out_features, "in_features": in_features, "tokens": b * length,
+                             "dense_ms": dense_ms, "semi_structured_ms": sparse_ms, "speedup": dense_ms / sparse_ms,
+                             "relative_error_vs_float64": error.item(), "dense_relative_error_vs_float64": dense_error,
+                             "dense_tflops": 2 * b * length * in_features * out_features / dense_ms / 1e9})
     return rows
 
 
@@ -99,7 +155,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=["minilm", "base"])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp16"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[4, 16, 64])
+    parser.add_argument("--backends", nargs="+", choices=["cusparselt", "cutlass"], default=None,
+                        help="torch's semi-structured kernels: cuSPARSELt (its default) and CUTLASS (compute "
+                             "capability 8.x only); default: each that this GPU runs")
+    parser.add_argument("--batches", nargs="+", type=int, default=[4, 16, 64, 256])
     parser.add_argument("--length", type=int, default=128, help="tokens an input")
     parser.add_argument("--repeats", type=int, default=20, help="timed forward passes per cell (median)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -112,15 +171,22 @@ def main(argv=None) -> None:
     capability = torch.cuda.get_device_capability()
     if capability < (8, 0):
         parser.error(f"{torch.cuda.get_device_name()} has compute capability {capability}; 2:4 kernels need >= 8.0")
+    if args.backends is None:
+        args.backends = ["cusparselt"] + (["cutlass"] if capability[0] == 8 else [])
+    elif "cutlass" in args.backends and capability[0] != 8:
+        parser.error(f"--backends cutlass: torch's CUTLASS 2:4 kernels run on compute capability 8.x only; "
+                     f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}")
     if min(args.batches) < 1 or args.length < 1 or args.repeats < 1:
         parser.error("--batches, --length and --repeats must be >= 1")
     rows = [row for shape in args.shapes for dtype in args.dtypes
-            for row in measure(shape, dtype, args.batches, args.length, args.repeats)]
+            for row in measure(shape, dtype, args.backends, args.batches, args.length, args.repeats)]
+    matmuls = [row for dtype in args.dtypes
+               for row in measure_matmuls(dtype, args.backends, args.batches, args.length, args.repeats)]
     result = {"command": command(__file__, argv),
               "device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "note": "random weights with a one-shot 2:4 magnitude mask (speed does not depend on the values); "
                       "dense = the same model with its zeros; pooler, embeddings and head dense in both",
-              "rows": rows}
+              "rows": rows, "matmuls": matmuls}
     emit(result, args.json)
 
 

@@ -29,14 +29,17 @@ def _run(tmp_path, *args, check=True):
 
 def test_the_projection_is_fine_tunings_times_steps_times_seconds_a_step():
     gpu_cost = _module()
-    rows = {r["task"]: r for r in gpu_cost.project({"glue": {"seconds_per_step": 0.1},
+    rows = {r["task"]: r for r in gpu_cost.project({"glue": {"seconds_per_step": 0.1,
+                                                             "plain_loop": {"seconds_per_step": 0.04}},
                                                     "squad": {"seconds_per_step": 0.3}}, saving=2.0)}
     assert set(rows) == {"cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli", "squad"}
     mnli = rows["mnli"]  # 3 epochs of 392,702 examples at batch 32; IMP 0..90 % by 10: 10 rounds; 2 more seeds;
     assert mnli["steps_a_finetuning"] == 3 * math.ceil(392_702 / 32)  # three baselines at 70 %
     assert (mnli["imp_rounds"], mnli["full_model_other_seeds"], mnli["baselines"]) == (10, 2, 3)
     assert mnli["gpu_hours_full_search"] == pytest.approx(15 * 36_816 * 0.1 / 3600)
-    assert mnli["gpu_hours_cheap_search"] == pytest.approx((10 / 2 + 5) * 36_816 * 0.1 / 3600)
+    assert mnli["gpu_hours_cheap_search"] == pytest.approx(15 / 2 * 36_816 * 0.1 / 3600)  # the measured saving
+    assert mnli["gpu_hours_full_search_bare_loop"] == pytest.approx(15 * 36_816 * 0.04 / 3600)  # the floor
+    assert "gpu_hours_full_search_bare_loop" not in rows["squad"]  # no bare loop measured for it
     assert rows["squad"]["steps_a_finetuning"] == 2 * math.ceil(87_599 / 16)
     assert rows["squad"]["gpu_hours_full_search"] == pytest.approx(
         sum(rows["squad"][k] for k in ("imp_rounds", "full_model_other_seeds", "baselines"))
@@ -66,3 +69,32 @@ def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path, minilm_path, g
 def test_bad_settings_are_refused_before_any_work(tmp_path, args, message):
     done = _run(tmp_path, *args, "--output-root", str(tmp_path / "runs"), check=False)
     assert done.returncode == 2 and message in done.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_saved_measurement_is_projected_again_without_a_gpu(tmp_path):
+    measured = {kind: {"seconds_per_step": step, "plain_loop": {"seconds_per_step": step / 4}}
+                for kind, step in (("glue", 0.1), ("squad", 0.2))}
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"command": "python benchmarks/gpu_cost.py --precision bf16", "device": "NVIDIA X",
+                                   "torch": "2.11", "precision": "bf16", "shape": "base", "measured": measured}))
+    search_cost = tmp_path / "search_cost.json"
+    search_cost.write_text(json.dumps({"steps_ratio_geometric_mean": 1.25, "tasks": [{"task": "rte"}]}))
+    out = tmp_path / "again.json"
+    _run(tmp_path, "--from-json", str(earlier), "--search-cost", str(search_cost), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["measured"] == measured and result["device"] == "NVIDIA X"
+    assert result["measured_by"] == "python benchmarks/gpu_cost.py --precision bf16"
+    expected = _module().project(measured, saving=1.25)
+    assert [r["task"] for r in result["projection"]] == [r["task"] for r in expected]
+    for got, want in zip(result["projection"], expected):
+        assert got == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in want.items()}
+    assert result["total_gpu_hours_cheap_search"] == pytest.approx(
+        sum(r["gpu_hours_full_search"] for r in expected) / 1.25)
+    assert result["total_gpu_hours_full_search_bare_loop"] == pytest.approx(
+        sum(r["gpu_hours_full_search"] for r in expected) / 4)
+    assert "1.250x" in result["note"] and "rte" in result["note"]
+
+
+def test_projecting_again_from_a_missing_file_is_refused(tmp_path):
+    done = _run(tmp_path, "--from-json", str(tmp_path / "nothing.json"), check=False)
+    assert done.returncode == 2 and "--from-json" in done.stderr and "no such file" in done.stderr

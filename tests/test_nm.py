@@ -160,3 +160,15 @@ def test_the_semi_structured_benchmark_refuses_a_cpu_and_claims_no_speed_up(caps
         bench.main(["--shapes", "tiny", "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "no CPU speed-up is claimed" in capsys.readouterr().err
+
+
+def test_the_semi_structured_benchmark_refuses_cutlass_where_torch_has_no_cutlass_kernels(monkeypatch, capsys):
+    bench = _semi_structured_benchmark()  # torch builds its CUTLASS 2:4 kernels for compute capability 8.x only
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    monkeypatch.setattr(bench, "measure", lambda *a: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--shapes", "tiny", "--backends", "cusparselt", "cutlass"])
+    assert exit_info.value.code == 2
+    assert "CUTLASS 2:4 kernels run on compute capability 8.x only; NVIDIA H200 has 9.0" in capsys.readouterr().err

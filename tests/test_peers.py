@@ -192,6 +192,22 @@ def test_the_page_gives_the_tickets_lead_with_welchs_interval_where_both_sides_h
     assert "excludes zero" in line
 
 
+def test_the_page_says_whether_2_4_ran_faster_on_a_gpu_from_the_timing_file():
+    spec = importlib.util.spec_from_file_location("peers_page", ROOT / "benchmarks" / "peers_page.py")
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    row = dict(shape="base", dtype="bf16", backend="cusparselt", length=128, max_abs_logit_difference=0.004)
+    result = {"device": "NVIDIA X", "torch": "2.11", "command": "python benchmarks/semi_structured.py",
+              "rows": [{**row, "batch": 4, "dense_ms": 7.0, "semi_structured_ms": 70.0, "speedup": 0.1},
+                       {**row, "batch": 64, "dense_ms": 14.0, "semi_structured_ms": 28.0, "speedup": 0.5}],
+              "matmuls": [{"tokens": 512, "dense_ms": 0.024, "semi_structured_ms": 1.007}]}
+    text = "\n".join(page.semi_structured(result))
+    assert "| base | bf16 | cusparselt | 7.0 / 70.0 (0.10×) | 14.0 / 28.0 (0.50×) |" in text
+    assert "2:4 is slower here" in text and "1007–1007 µs a call against dense 24–24 µs" in text
+    result["rows"][1]["speedup"] = 1.2
+    assert "2:4 is faster in some cells only" in "\n".join(page.semi_structured(result))
+
+
 def test_movement_scores_learn_through_our_training_loop_and_decide_the_mask(tmp_path, minilm_path, glue_dir):
     # MRPC's single-weight movement rows predict the majority class: this separates NNI's wiring from the method.
     # The scores are trained by NNI's own optimizer patched onto our loop's step; if our loop bypassed the patch they
