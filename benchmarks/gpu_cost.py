@@ -16,12 +16,13 @@ fine-tunings the paper's protocol needs per task (IMP rounds from 0 to the confi
 seeds, one training per baseline), times that task's steps per fine-tuning (the published training-set sizes,
 the paper's epochs and batch), at the steady-state seconds per step (the mean over rounds after the first).
 Beside each, the baseline measured in the same run: a bare PyTorch loop of the same model, batch and length
-(``plain_loop``), and the library's seconds a step over it (evaluation and pruning included on the library's side).
+(``plain_loop``), and the library's seconds a step over it (evaluation and pruning included on the library's side);
+and two variants of the bare loop that each add one piece of the library's loop (``plain_loop_variants``).
 "Cheap search" divides the whole by the saving measured on the CPU Table 2 (``steps_ratio_geometric_mean`` of
 ``docs/results/search_cost_table2.json``: early-stopped rounds and top-down verdict levels against the full protocol,
 all optimizer steps counted; the embedded model at CPU scale, not a GPU measurement). ``_bare_loop`` columns: the same
-count at the bare loop's seconds a step, a floor for the library on that machine. Padding is to the full length (``--padding max_length``, the reference
-code's), an upper bound for tasks with short sentences.
+count at the bare loop's seconds a step, a floor for the library on that machine. Padding is to the full length
+(``--padding max_length``, the reference code's), an upper bound for tasks with short sentences.
 
     python benchmarks/gpu_cost.py --precision bf16 --json docs/results/gpu_cost.json          # on a GPU
     python benchmarks/gpu_cost.py --device cpu --shape tiny --steps 2 --json /tmp/gpu_cost.json  # the logic, on CPU
@@ -104,17 +105,29 @@ def measure(kind: str, model: Path, args) -> Dict[str, Any]:
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None}
 
 
-def plain_loop(kind: str, model: Path, args) -> Dict[str, Any]:
+VARIANTS = ("bare", "loss_item", "nni_wrappers")
+
+
+def plain_loop(kind: str, model: Path, args, variant: str = "bare") -> Dict[str, Any]:
     """The baseline measured in the same run: a bare PyTorch loop (AdamW, autocast in ``--precision``, no masks,
     no data loader, no evaluation) on the same model (a classification head for both kinds), batch and length, random
-    token ids; seconds an optimizer step, the mean of ``--steps`` steps after five warm-up steps."""
+    token ids; seconds an optimizer step, the mean of ``--steps`` steps after five warm-up steps.
+
+    Two variants add one thing each of what the library's loop does, to attribute its gap: ``loss_item`` reads the
+    loss every step (as its progress bar does: on a GPU, a wait for the device each step), ``nni_wrappers`` trains
+    the model wrapped by an NNI 3 pruner at 50 % (this library's ``RandomPruner``: NNI's module wrappers apply the
+    mask in every forward of each prunable matrix, as in the library's IMP rounds)."""
     from transformers import AutoModelForSequenceClassification
+
+    from nni_bert_tickets import RandomPruner, bert_config_list
 
     settings = load_yaml(PAPER / KINDS[kind][0])
     batch, length = settings["batch_size"], settings.get("max_length", 128)
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     torch.manual_seed(0)
     net = AutoModelForSequenceClassification.from_pretrained(str(model), num_labels=2).to(device).train()
+    if variant == "nni_wrappers":
+        RandomPruner(net, bert_config_list(net, 0.5)).compress()  # the wrappers stay on: the model is trained wrapped
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings["learning_rate"])
     ids = torch.randint(1000, 30000, (batch, length), device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
@@ -126,6 +139,8 @@ def plain_loop(kind: str, model: Path, args) -> Dict[str, Any]:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if variant == "loss_item":
+            loss.item()
 
     for _ in range(5):
         step()
@@ -221,6 +236,10 @@ def main(argv=None) -> None:
             plain = plain_loop(kind, model, args)
             measured[kind]["plain_loop"] = {**plain, "library_over_plain": measured[kind]["seconds_per_step"]
                                             / plain["seconds_per_step"]}
+            measured[kind]["plain_loop_variants"] = {  # what one piece of the library's loop adds to the bare loop
+                variant: {**(timed := plain_loop(kind, model, args, variant)),
+                          "over_bare": timed["seconds_per_step"] / plain["seconds_per_step"]}
+                for variant in VARIANTS[1:]}
     result = {"command": command(__file__, argv),
               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "torch": torch.__version__, "precision": args.precision, "shape": args.shape, "measured": measured}

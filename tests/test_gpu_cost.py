@@ -56,6 +56,12 @@ def test_tiny_rounds_on_cpu_are_timed_by_the_imp_runner(tmp_path, minilm_path, g
     assert [r["round"] for r in glue["rounds"]] == [0, 1] and glue["batch_size"] == 32 and glue["max_length"] == 128
     assert glue["seconds_per_step"] == pytest.approx(glue["rounds"][1]["seconds"])  # rounds after the first, 1 step
     assert result["projection"] is None and "--kinds glue" in result["command"]
+    bare = glue["plain_loop"]  # the baseline beside the rounds, and the two variants that attribute the gap
+    assert bare["batch_size"] == 32 and bare["library_over_plain"] == pytest.approx(
+        glue["seconds_per_step"] / bare["seconds_per_step"])
+    assert set(glue["plain_loop_variants"]) == {"loss_item", "nni_wrappers"}
+    for variant in glue["plain_loop_variants"].values():
+        assert variant["over_bare"] == pytest.approx(variant["seconds_per_step"] / bare["seconds_per_step"])
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("imp-sst2-")]
     trajectory = json.loads((run / "metrics.json").read_text())["trajectory"]
     assert [r["steps"] for r in trajectory] == [1, 1] and trajectory[1]["target_sparsity"] == pytest.approx(0.1)
@@ -98,3 +104,25 @@ def test_a_saved_measurement_is_projected_again_without_a_gpu(tmp_path):
 def test_projecting_again_from_a_missing_file_is_refused(tmp_path):
     done = _run(tmp_path, "--from-json", str(tmp_path / "nothing.json"), check=False)
     assert done.returncode == 2 and "--from-json" in done.stderr and "no such file" in done.stderr
+
+
+def test_the_wrapped_variant_trains_the_model_under_nni_wrappers(tmp_path, minilm_path, monkeypatch):
+    import argparse
+
+    import nni_bert_tickets
+    gpu_cost = _module()
+    model = gpu_cost.random_bert(tmp_path / "tiny", Path(minilm_path), "tiny", seed=0)
+    args = argparse.Namespace(device="cpu", precision="no", steps=1)
+    wrapped_forwards = []
+    real = nni_bert_tickets.RandomPruner.compress
+
+    def compress(pruner):  # the real compress, then count the wrapped matrices' forwards during training
+        out = real(pruner)
+        for module in pruner.bound_model.modules():
+            if hasattr(module, "_nni_wrapper"):
+                module.register_forward_hook(lambda *a: wrapped_forwards.append(1))
+        return out
+    monkeypatch.setattr(nni_bert_tickets.RandomPruner, "compress", compress)
+    assert gpu_cost.plain_loop("glue", model, args, "bare")["seconds_per_step"] > 0 and not wrapped_forwards
+    gpu_cost.plain_loop("glue", model, args, "nni_wrappers")
+    assert len(wrapped_forwards) == 6 * 13  # 6 steps (5 warm-up, 1 timed) x 13 matrices (2 layers x 6, pooler)
