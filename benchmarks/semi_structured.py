@@ -10,9 +10,10 @@ tensor, timed in one run (CUDA events, median of ``--repeats`` after warm-up), a
 their logits (the same function, up to the kernels' rounding). torch has two semi-structured kernels, cuSPARSELt
 (its default where the library is present) and CUTLASS (``SparseSemiStructuredTensor._FORCE_CUTLASS``), which torch
 builds for compute capability 8.x only: each that the GPU runs is measured (``--backends``; CUTLASS asked for on
-another capability is refused before any work, as torch 2.11 refused it on an H200, 9.0). ``matmuls``: one bert-base FFN matrix (3072 x 768 and 768 x 3072) alone, ``F.linear`` over
-batch x length tokens, dense against each backend, with the relative error against float64: the kernels' own speed,
-without the launch gaps of a whole eager model.
+another capability is refused before any work, as torch 2.11 refused it on an H200, 9.0). ``matmuls``: one
+bert-base FFN matrix (3072 x 768 and 768 x 3072) alone, ``F.linear`` over batch x length tokens, dense against
+each backend, with the relative error against float64: the kernels' own speed, without the launch gaps of a whole
+eager model.
 
 CPU: the kernels exist only on CUDA GPUs of compute capability 8.0 or higher, so no CPU speed-up is claimed and
 ``--device cpu`` is refused. Accuracy of 2:4 tickets is a CPU experiment (``pattern: "2:4"`` in a Table 2 config).
@@ -22,10 +23,11 @@ CPU: the kernels exist only on CUDA GPUs of compute capability 8.0 or higher, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import torch
 
@@ -55,20 +57,29 @@ def two_four_model(shape: str, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def backend_forced(backend: str) -> Iterator[None]:
+    """Conversions inside go to ``backend``: torch's ``_FORCE_CUTLASS`` switch, restored on the way out."""
+    from torch.sparse import SparseSemiStructuredTensor
+
+    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        yield
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+
+
 def to_semi_structured(model: torch.nn.Module, backend: str) -> List[str]:
     """Replace each prunable matrix (pooler aside) by its semi-structured sparse form through ``backend``
     (``cusparselt``, torch's default where cuSPARSELt is present, or ``cutlass``); returns the backend each got
     (torch falls back to CUTLASS where cuSPARSELt is missing)."""
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+    from torch.sparse import to_sparse_semi_structured
 
     modules = prunable_modules(model, pooler=False)
-    forced = SparseSemiStructuredTensor._FORCE_CUTLASS
-    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
-    try:
+    with backend_forced(backend):
         for module in modules.values():
             module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight), requires_grad=False)
-    finally:
-        SparseSemiStructuredTensor._FORCE_CUTLASS = forced
     return [module.weight.BACKEND for module in modules.values()]
 
 
@@ -120,7 +131,7 @@ def measure_matmuls(dtype: str, backends: List[str], batches: List[int], length:
                     repeats: int) -> List[Dict[str, Any]]:
     """One bert-base FFN matrix at a time (no launch gaps between layers): ``F.linear`` of batch x length tokens."""
     from torch.nn.functional import linear
-    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+    from torch.sparse import to_sparse_semi_structured
 
     from nni_bert_tickets.core.masks import nm_magnitude_masks
     rows = []
@@ -134,12 +145,8 @@ def measure_matmuls(dtype: str, backends: List[str], batches: List[int], length:
             reference = linear(x.double(), weight.double())
             dense_error = ((linear(x, weight).double() - reference).norm() / reference.norm()).item()
             for backend in backends:
-                forced = SparseSemiStructuredTensor._FORCE_CUTLASS
-                SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
-                try:
+                with backend_forced(backend):
                     sparse = to_sparse_semi_structured(weight)
-                finally:
-                    SparseSemiStructuredTensor._FORCE_CUTLASS = forced
                 sparse_ms = milliseconds(lambda: linear(x, sparse), repeats)
                 with torch.inference_mode():
                     error = (linear(x, sparse).double() - reference).norm() / reference.norm()
