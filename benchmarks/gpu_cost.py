@@ -216,6 +216,8 @@ def main(argv=None) -> None:
                         % torch.__version__)
     if args.from_json is not None and not args.from_json.is_file():
         problems.append(f"--from-json {args.from_json}: no such file")
+    if not args.search_cost.is_file():
+        problems.append(f"--search-cost {args.search_cost}: no such file (benchmarks/search_cost_table2.py writes it)")
     if args.device == "cpu" and args.precision != "no":
         problems.append(f"--precision {args.precision} on --device cpu: this machine has no fast bf16; use --precision no")
     if problems:

@@ -101,9 +101,10 @@ def test_a_saved_measurement_is_projected_again_without_a_gpu(tmp_path):
     assert "1.250x" in result["note"] and "rte" in result["note"]
 
 
-def test_projecting_again_from_a_missing_file_is_refused(tmp_path):
-    done = _run(tmp_path, "--from-json", str(tmp_path / "nothing.json"), check=False)
-    assert done.returncode == 2 and "--from-json" in done.stderr and "no such file" in done.stderr
+@pytest.mark.parametrize("option", ["--from-json", "--search-cost"])
+def test_a_missing_input_file_is_refused_by_name(tmp_path, option):
+    done = _run(tmp_path, option, str(tmp_path / "nothing.json"), check=False)
+    assert done.returncode == 2 and f"{option} {tmp_path / 'nothing.json'}: no such file" in done.stderr
 
 
 def test_the_wrapped_variant_trains_the_model_under_nni_wrappers(tmp_path, minilm_path, monkeypatch):
