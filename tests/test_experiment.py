@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,30 @@ def test_kill_and_resume_gives_identical_masks_and_metrics(tmp_path, minilm_path
     for _ in range(2):
         assert run_imp(final)["trajectory"] == resumed["trajectory"]
         assert sorted(os.listdir(run_dir / "imp")) == [tickets[-1], "trajectory.json"]
+
+
+def test_a_theta_i_run_resumed_from_what_git_carries_ends_as_an_uninterrupted_one(tmp_path, minilm_path, glue_dir,
+                                                                                  monkeypatch, caplog):
+    """A θi run whose store lost its θi file and its dense round (both too large for git: docs/development.md)
+    trains round 0 again up to step i, then goes on bit for bit as a run that was never stopped."""
+    straight = run_imp(_config(tmp_path / "a", minilm_path, glue_dir, rewind=0.5))
+    config = _config(tmp_path / "b", minilm_path, glue_dir, rewind=0.5)
+    original = kill_training_at_call(monkeypatch, 3)  # killed in round two
+    with pytest.raises(KeyboardInterrupt):
+        run_imp(config)
+    run_dir = tmp_path / "b" / config.run_name()
+    (run_dir / "imp" / "theta_i.safetensors").unlink()
+    for dense in (tmp_path / "b").glob("dense-*"):
+        shutil.rmtree(dense)
+    monkeypatch.setattr(FineTuner, "train", original)
+    with caplog.at_level("WARNING", logger="nni_bert_tickets.core.pruners"):
+        resumed = run_imp(config)
+    assert "holds no θi: training round 0 again from θ0 up to step 1" in caplog.text
+    assert [r["metrics"] for r in resumed["trajectory"]] == [r["metrics"] for r in straight["trajectory"]]
+    a = Ticket.load(tmp_path / "a" / config.run_name() / "imp" / "ticket-round02.safetensors")
+    b = Ticket.load(run_dir / "imp" / "ticket-round02.safetensors")
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert set(a.weights) == set(b.weights) and all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
 
 
 def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeypatch):

@@ -157,10 +157,12 @@ def test_the_resume_state_holds_no_copy_of_the_body_after_a_rewinding_round(rewi
     assert sum(v.numel() for v in masks.values()) == covered // 8
     if rewind is None:  # standard pruning: the trained body is the state
         assert {n.replace("._nni_wrapper", "") for n in model} == set(params) and not rewound
-    elif rewind == 0:  # θ0 comes from the model; only the head and its θ0 are stored
+    else:  # θ0 comes from the model, θi from its own file beside the state: only the head and its rewind point
         assert model == head_names and rewound == head_names
-    else:  # θi is stored once; the body is θi under the mask
-        assert model == head_names and {n.replace("._nni_wrapper", "") for n in rewound} == set(params)
+    theta_i = tmp_path / "b" / "theta_i.safetensors"
+    assert theta_i.exists() == (rewind == 2)
+    if rewind == 2:  # the whole θi, once, apart from the state (which git can carry: a few MB for a real model)
+        assert {n.replace("._nni_wrapper", "") for n in load_file(theta_i)} == set(params)
     resumed, calls = _imp(_other_head(tiny_bert()), tmp_path / "b", rewind, head)
     assert calls == 3  # rounds 2, 3, 4
     assert [r["metrics"] for r in resumed.trajectory] == [r["metrics"] for r in straight.trajectory]
@@ -172,6 +174,30 @@ def test_the_resume_state_holds_no_copy_of_the_body_after_a_rewinding_round(rewi
     assert calls == 0
     live = dict(again.bound_model.named_parameters())  # a finished run's model is the trained one, bit for bit
     assert all(torch.equal(v, live[k]) for k, v in straight.bound_model.named_parameters())
+
+
+@pytest.mark.parametrize("head", ["keep", "rewind"])
+def test_a_theta_i_run_carried_without_its_theta_i_file_takes_theta_i_again_and_ends_the_same(head, tmp_path, caplog):
+    """What a run store carried in git holds of a θi run: the state and the tickets, not the 90 MB θi. The resume
+    trains round 0 again up to step i (one training call, stopped there) and ends bit for bit as an uninterrupted
+    run; a resume that kept the file trains no extra round."""
+    straight, _ = _imp(tiny_bert(), tmp_path / "a", rewind=2, head=head)
+    with pytest.raises(KeyboardInterrupt):
+        _imp(tiny_bert(), tmp_path / "b", rewind=2, head=head, fail_at=3)  # rounds 0 and 1 done
+    (tmp_path / "b" / "theta_i.safetensors").unlink()
+    with caplog.at_level("WARNING", logger="nni_bert_tickets.core.pruners"):
+        resumed, calls = _imp(_other_head(tiny_bert()), tmp_path / "b", rewind=2, head=head)
+    assert "holds no θi: training round 0 again from θ0 up to step 2" in caplog.text
+    assert calls == 1 + 3  # round 0 up to θ2, then rounds 2, 3, 4
+    assert [r["metrics"] for r in resumed.trajectory] == [r["metrics"] for r in straight.trajectory]
+    for a, b in zip(straight.tickets, resumed.tickets):
+        assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    final, again = straight.tickets[-1].weights, resumed.tickets[-1].weights  # θi itself, as the ticket carries it
+    assert set(final) == set(again) and all(torch.equal(final[k], again[k]) for k in final)
+    live = dict(resumed.bound_model.named_parameters())
+    assert all(torch.equal(v, live[k]) for k, v in straight.bound_model.named_parameters())
+    _, calls = _imp(tiny_bert(), tmp_path / "b", rewind=2, head=head)
+    assert calls == 0  # finished: nothing trained again
 
 
 @pytest.mark.parametrize("where", ["bert.embeddings.LayerNorm.weight", "bert.encoder.layer.1.output.dense.bias",
@@ -218,7 +244,8 @@ def test_tidy_keeps_what_it_says_and_a_missing_intermediate_ticket_is_a_clear_er
     (imp_dir / "step-checkpoint.old").mkdir()  # a leftover of a kill
     everything = sorted(p.name for p in imp_dir.iterdir())
     assert tidy_finished(imp_dir, "all", pruner.trajectory) == [] and sorted(p.name for p in imp_dir.iterdir()) == everything
-    assert set(tidy_finished(imp_dir, "tickets", pruner.trajectory)) == {"imp_state.safetensors", "step-checkpoint.old"}
+    assert set(tidy_finished(imp_dir, "tickets", pruner.trajectory)) == {"imp_state.safetensors", "theta_i.safetensors",
+                                                                         "step-checkpoint.old"}
     tickets = [f"ticket-round{r:02d}.safetensors" for r in range(5)]
     assert sorted(p.name for p in imp_dir.iterdir()) == tickets + ["trajectory.json"]
     (imp_dir.parent / "metrics.json").write_text(json.dumps({"trajectory": pruner.trajectory}))

@@ -84,17 +84,23 @@ def _plain_buffers(model: torch.nn.Module, target_spaces: Masks) -> Tensors:
 
 
 def state_tensors(model: torch.nn.Module, target_spaces: Masks, *, rewind: Rewind, rewind_state: Optional[Tensors],
-                  base_model: str, final: bool) -> Tuple[Tensors, Dict[str, str]]:
-    """The tensors and header entries of the state written after a round (``final``: the last one)."""
+                  base_model: str, final: bool, head0: Optional[Tensors] = None) -> Tuple[Tensors, Dict[str, str]]:
+    """The tensors and header entries of the state written after a round (``final``: the last one). A θi run also
+    stores the head as round 0 started (``head0``): with θ0 from the model, what training round 0 again needs."""
     rewound = not rewind.standard and not final  # the body is the rewind point under the next mask
     head = head_names(model)
     params = {n: p for n, p in model.named_parameters() if not rewound or n in head}
     tensors = {f"model/{n}": v for n, v in {**params, **_plain_buffers(model, target_spaces)}.items()}
-    tensors.update({f"rewind/{n}": v for n, v in (rewind_state or {}).items() if not rewind.to_theta0 or n in head})
+    # θ0 comes from the model and θi from its own file (THETA_I_FILE, or round 0 trained again up to step i): only the
+    # head's rewind point is stored, so the state stays the size of the masks and the head (carried in git)
+    tensors.update({f"rewind/{n}": v for n, v in (rewind_state or {}).items() if n in head})
+    if rewind.to_theta_i:
+        tensors.update({f"start/{n}": v for n, v in (head0 or {}).items()})
     masks = {f"{m}.{t}": s.mask for m, spaces in target_spaces.items() for t, s in spaces.items() if s.mask is not None}
     tensors.update({f"mask/{k}": M.pack_bits(m.bool()) for k, m in masks.items()})
     header = {"state": STATE_FORMAT, "body": "rewound" if rewound else "stored", "base_model": base_model,
-              "mask_shapes": json.dumps({k: list(m.shape) for k, m in masks.items()})}
+              "mask_shapes": json.dumps({k: list(m.shape) for k, m in masks.items()}),
+              **({"theta_i": "apart"} if rewind.to_theta_i else {})}
     # clone: tied weights share memory, which safetensors refuses
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, header
 
@@ -111,8 +117,9 @@ def restore_state(model: torch.nn.Module, target_spaces: Masks, update_masks: Ca
         raise ValueError(f"{where} is in format {header['state']!r}, written by a newer nni_bert_tickets; "
                          f"this one reads {STATE_FORMAT!r}")
     saved_rewind = {k[7:]: v for k, v in state.items() if k.startswith("rewind/")}
-    if saved_rewind:  # θ0: the head's, merged into θ0 as taken from the model; θi: all of it
-        rewind_state = {**(rewind_state or {}), **saved_rewind} if rewind.to_theta0 else saved_rewind
+    if saved_rewind:  # the head's, merged into θ0 as taken from the model or θi as read apart; older θi states: all
+        apart = rewind.to_theta0 or header.get("theta_i") == "apart"
+        rewind_state = {**(rewind_state or {}), **saved_rewind} if apart else saved_rewind
     saved = {k[6:]: v for k, v in state.items() if k.startswith("model/")}
     masks = _saved_masks(target_spaces, state, json.loads(header["mask_shapes"]), where)
     params, head = dict(model.named_parameters()), head_names(model)
@@ -181,6 +188,11 @@ class RunStore:
             snapshot = {k: v.contiguous() for k, v in snapshot.items()}
             atomic_write(self.path(THETA_I_FILE), lambda tmp: save_file(snapshot, tmp))
 
+    def keep_theta_i(self, snapshot: Tensors) -> None:
+        """θi beside the state, which does not hold it: written once (a θi read from a dense round has no file yet)."""
+        if not os.path.exists(self.path(THETA_I_FILE)):
+            self.save_theta_i(snapshot)
+
     def read_theta_i(self) -> Optional[Tensors]:
         """The θi snapshot of a run killed in round 0, if there is one."""
         path = self.path(THETA_I_FILE)
@@ -197,10 +209,6 @@ class RunStore:
         header = {**header, "trajectory": json.dumps(trajectory, default=str), "settings": json.dumps(self.settings)}
         atomic_write(self.path(STATE_FILE), lambda tmp: save_file(state, tmp, metadata=header))
         atomic_write_text(self.path("trajectory.json"), json.dumps(trajectory, indent=1, default=str))  # a copy
-        try:  # the state file holds θi from now on
-            os.remove(self.path(THETA_I_FILE))
-        except FileNotFoundError:  # none taken, or another data-parallel rank removed it first
-            pass
 
     def read(self) -> Optional[Saved]:
         """The run saved here (None if none), after checking that it was made under the same settings."""

@@ -17,7 +17,7 @@ from nni.compression.utils.evaluator import Evaluator
 
 from . import masks as M
 from .dense_round import DenseRound, start_fingerprint
-from .early_stop import EarlyStop, RoundWatch
+from .early_stop import EarlyStop, RoundWatch, StopTraining
 from .targets import base_prefix, check_config_list, check_sparsity, ticket_key
 from .imp_state import (RunStore, body_fingerprint, head_names, restore_state, rewind_params, state_tensors,
                         unwrapped_name)
@@ -195,6 +195,8 @@ class IMPPruner(_TicketPruner):
         self.trajectory: List[Dict[str, Any]] = []
         self.tickets: List[Ticket] = []
         self._theta0_prunable = {k: w.detach().clone() for k, w in prunable_weights(self.bound_model).items()}
+        self._head0 = {n: p.detach().clone() for n, p in self.bound_model.named_parameters()
+                       if n in head_names(self.bound_model)}  # with θ0's body from the model: round 0's start
         # what a resume must find again: the same matrices pruned, found on the same θ0
         self._covered = sorted(ticket_key(self.bound_model, name) for name in self._target_spaces)
         self._base = fingerprint(self._theta0_prunable, {k: torch.ones_like(w, dtype=torch.bool)
@@ -213,7 +215,7 @@ class IMPPruner(_TicketPruner):
         The run on disk (:mod:`.imp_state`) is saved beside each round, and a rerun resumes after the last one."""
         if self.early_stop is not None and len(self.levels) > 1:  # before any training: the rule fits the rounds
             self.early_stop.check_round(self._round_steps(max_steps, max_epochs))
-        for level in range(self._resume(), len(self.levels)):
+        for level in range(self._resume(max_steps, max_epochs), len(self.levels)):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             seed_round(self.seed, level)
             shared = level == 0 and self.dense_round is not None                # round 0 trained once, for all runs
@@ -370,16 +372,19 @@ class IMPPruner(_TicketPruner):
 
     def _state_tensors(self, final: bool):
         return state_tensors(self.bound_model, self._target_spaces, rewind=self.rewind_point,
-                             rewind_state=self._rewind_state, base_model=self._base_model, final=final)
+                             rewind_state=self._rewind_state, base_model=self._base_model, final=final,
+                             head0=self._head0)
 
     def _save(self, level: int) -> None:
         if self._store is not None:
             final = level == len(self.levels) - 1
+            if self.rewind_point.to_theta_i and self._rewind_state is not None:
+                self._store.keep_theta_i(self._rewind_state)  # the state does not hold θi: it is kept apart
             state, header = self._state_tensors(final)
             self._store.write_round(level, self.tickets[-1], final=final, trajectory=self.trajectory, state=state,
                                     header=header)
 
-    def _resume(self) -> int:
+    def _resume(self, max_steps, max_epochs) -> int:
         """The first round still to run: after the rounds the store holds, whose model state, masks, trajectory
         and tickets are restored (0 for a new run; a θi taken before a kill in round 0 is read back)."""
         if self._store is None:
@@ -389,12 +394,56 @@ class IMPPruner(_TicketPruner):
             if self.rewind_point.to_theta_i:  # killed in round 0, perhaps after θi was taken
                 self._rewind_state = self._store.read_theta_i() or self._rewind_state
             return 0
+        if self.rewind_point.to_theta_i and saved.header.get("theta_i") == "apart":
+            self._rewind_state = self._theta_i_again(max_steps, max_epochs, saved.state)
         self._rewind_state = restore_state(self.bound_model, self._target_spaces, self.update_masks, saved.state,
                                            saved.header, rewind=self.rewind_point, rewind_state=self._rewind_state,
                                            where=self._store.where)
         self.trajectory, self.tickets = saved.trajectory, saved.tickets
         _log.info("resuming IMP after round %d from %s", len(self.trajectory) - 1, self.output_dir)
         return len(self.trajectory)
+
+    def _theta_i_again(self, max_steps, max_epochs, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """θi for a resumed run, whose state keeps it apart: its file, else the dense round's snapshot, else round 0
+        trained again from θ0 up to step i (the same seed, data order and schedule: the same θi on the same kernels;
+        a run store carried without its 90 MB θi file resumes so)."""
+        kept = self._store.read_theta_i()
+        if kept is not None:
+            return kept
+        if self.dense_round is not None:
+            with self.dense_round.lock():
+                if self.dense_round.holds(self.rewind_point):
+                    return self.dense_round.snapshot(self.rewind_point, self.bound_model, self._start)
+        step, head0 = self._rewind_step(max_steps, max_epochs), {k[6:]: v for k, v in state.items() if k[:6] == "start/"}
+        if set(head0) != set(self._head0):
+            raise ValueError(f"{self._store.where} holds neither θi nor the head round 0 started from: delete the "
+                             f"folder {self.output_dir} to restart the run, or put its theta_i.safetensors back")
+        _log.warning("%s holds no θi: training round 0 again from θ0 up to step %d to take it", self.output_dir, step)
+        live = dict(self.bound_model.named_parameters())
+        with torch.no_grad():
+            for name, value in head0.items():
+                live[name].copy_(value)
+        if isinstance(self.evaluator, RoundEvaluator):
+            self.evaluator.discard_checkpoint()  # a step checkpoint here is a later round's, not round 0's
+        seed_round(self.seed, 0)
+        self._rewind_state, evaluator = None, self.evaluator
+        evaluator.bind_model(self.bound_model, self._get_param_names_map())
+
+        def stop() -> None:
+            if self._rewind_state is not None:
+                raise StopTraining(step)
+        evaluator.patch_optimizer_step([], [self._snapshot_at(step), stop])
+        try:
+            with quiet_step_patch(evaluator):
+                evaluator.train(max_steps, max_epochs)
+        except StopTraining:  # a training loop that lets it through
+            pass
+        finally:
+            self.bound_model.zero_grad(set_to_none=True)
+            evaluator.unbind_model()
+        if self._rewind_state is None:
+            raise RuntimeError(f"round 0 ended before step {step}: cannot take θi again")
+        return self._rewind_state
 
     def _fuse_preprocess(self, evaluator):
         raise NotImplementedError("IMPPruner runs its own rounds; it cannot be fused with other compressors")
