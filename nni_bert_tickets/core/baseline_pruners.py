@@ -25,12 +25,11 @@ from nni.compression.utils.evaluator import Evaluator
 
 from . import masks as M
 from .baselines import check_layer_shuffle, reinitialize, shuffle_weights
-from .pruners import _TicketPruner
+from .ticket_pruner import _NNIMasks, _TicketPruner
 from .targets import check_config_list, prunable_modules, ticket_key
 from .ticket import Ticket, TicketError
 
 __all__ = ["ReinitPruner", "ShuffledPruner", "mask_config_list"]
-_NNIMasks = Dict[str, Dict[str, torch.Tensor]]
 GivenMask = Union[Ticket, Mapping[str, Mapping[str, torch.Tensor]]]
 
 
