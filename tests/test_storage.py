@@ -200,6 +200,19 @@ def test_a_theta_i_run_carried_without_its_theta_i_file_takes_theta_i_again_and_
     assert calls == 0  # finished: nothing trained again
 
 
+def test_a_theta_i_run_with_neither_theta_i_nor_its_start_head_is_refused_before_training(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _imp(tiny_bert(), tmp_path, rewind=2, fail_at=3)
+    (tmp_path / "theta_i.safetensors").unlink()
+    state_file = tmp_path / "imp_state.safetensors"
+    header = safe_open(str(state_file), framework="pt").metadata()
+    state = load_file(state_file)
+    assert any(k.startswith("start/") for k in state)
+    save_file({k: v for k, v in state.items() if not k.startswith("start/")}, str(state_file), metadata=header)
+    with pytest.raises(ValueError, match=r"holds neither θi nor the head round 0 started from: delete the folder"):
+        _imp(tiny_bert(), tmp_path, rewind=2, fail_at=1)  # the first training call would raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("where", ["bert.embeddings.LayerNorm.weight", "bert.encoder.layer.1.output.dense.bias",
                                    "bert.encoder.layer.0.attention.self.query.weight"])
 def test_a_resume_onto_a_base_model_whose_weights_changed_is_refused_naming_it(where, tmp_path):

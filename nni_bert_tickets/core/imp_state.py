@@ -189,7 +189,7 @@ class RunStore:
             atomic_write(self.path(THETA_I_FILE), lambda tmp: save_file(snapshot, tmp))
 
     def keep_theta_i(self, snapshot: Tensors) -> None:
-        """θi beside the state, which does not hold it: written once (a θi read from a dense round has no file yet)."""
+        """θi beside the state, which does not hold it: written once (one read from a dense round has no file yet)."""
         if not os.path.exists(self.path(THETA_I_FILE)):
             self.save_theta_i(snapshot)
 

@@ -355,7 +355,8 @@ class IMPPruner(_TicketPruner):
             with self.dense_round.lock():
                 if self.dense_round.holds(self.rewind_point):
                     return self.dense_round.snapshot(self.rewind_point, self.bound_model, self._start)
-        step, head0 = self._rewind_step(max_steps, max_epochs), {k[6:]: v for k, v in state.items() if k[:6] == "start/"}
+        step = self._rewind_step(max_steps, max_epochs)
+        head0 = {k[len("start/"):]: v for k, v in state.items() if k.startswith("start/")}
         if set(head0) != set(self._head0):
             raise ValueError(f"{self._store.where} holds neither θi nor the head round 0 started from: delete the "
                              f"folder {self.output_dir} to restart the run, or put its theta_i.safetensors back")
