@@ -11,6 +11,8 @@ import yaml
 from conftest import SHARED, tiny_checkpoint
 from nni_bert_tickets.experiments import report
 from nni_bert_tickets.experiments.config import ExperimentConfig
+from nni_bert_tickets.core.imp_state import ticket_file
+from nni_bert_tickets.experiments.imp_run import imp_run_dir
 from nni_bert_tickets.experiments.tables import imp_ticket, table2, table3, transfer
 from nni_bert_tickets.training.loop import FineTuner
 
@@ -100,6 +102,14 @@ def test_tables_share_runs_and_never_recompute(tmp_path, tiny_path, glue_dir, co
     assert fig4["rewind"] == 1 and imp_ticket(rewound, 0.1).weights is not None
     assert set(fig4["matrix"]) == {"wnli", "shared-ticket", "oneshot"}
     assert (tmp_path / "tables" / "transfer-matrix-rewind-1.json").exists()
+    # finished cells read no ticket: a θi run's last ticket (it holds θi) may be gone once its row is done
+    rewound_run = imp_run_dir(rewound) / "imp"
+    final = rewound_run / ticket_file(json.loads((rewound_run / "trajectory.json").read_text())[-1]["round"])
+    final.unlink()
+    counted.clear()
+    assert transfer(rewound)["matrix"] == fig4["matrix"] and counted == []
+    with pytest.raises(FileNotFoundError, match="copied without it"):  # a cell still to train needs it: named
+        imp_ticket(rewound, 0.1)
 
     out = report.render(tmp_path, tmp_path / "report")
     text = out.read_text()

@@ -84,19 +84,24 @@ def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
     trajectory = json.loads((run_dir / "imp" / "trajectory.json").read_text())
     for record in trajectory:
         if abs(record["target_sparsity"] - sparsity) < 1e-6:
-            path = run_dir / "imp" / ticket_file(record["round"])
-            if not path.exists() and (run_dir / "metrics.json").exists():
-                raise FileNotFoundError(f"{path} is gone: the IMP run {run_dir.name} is finished and kept only its "
-                                        "final ticket (keep: final); delete the run directory and rerun it with "
-                                        "keep: tickets to get the ticket at every level")
-            ticket = Ticket.load(path)
+            ticket = Ticket.load(_kept(run_dir, record["round"]))
             if ticket.rewind and ticket.rewind.startswith("theta_i") and ticket.weights is None:
                 # θi rewind weights are stored once, in the final ticket's file
-                final = Ticket.load(run_dir / "imp" / ticket_file(trajectory[-1]["round"]))
-                ticket.weights = final.weights
+                ticket.weights = Ticket.load(_kept(run_dir, trajectory[-1]["round"])).weights
             return ticket
     levels = [r["target_sparsity"] for r in trajectory]
     raise ValueError(f"the IMP run {run_dir.name} has no level {sparsity}; it passed {levels}")
+
+
+def _kept(run_dir: Path, round_: int) -> Path:
+    """A round's ticket file; if a finished run lacks it, say why it may be gone and what to do."""
+    path = run_dir / "imp" / ticket_file(round_)
+    if not path.exists() and (run_dir / "metrics.json").exists():
+        raise FileNotFoundError(
+            f"{path} is gone, though the IMP run {run_dir.name} is finished: it was kept with keep: final (only the "
+            "last round's ticket), or the run folder was copied without it (a θi run's last ticket holds the rewind "
+            "weights, as large as the model); delete the run folder and rerun it (keep: tickets keeps every level)")
+    return path
 
 
 # The Table-2 baselines as small strategies: each makes a model and the ticket to apply on it, from θ0 (the freshly
@@ -279,32 +284,32 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     Targets are ``transfer_tasks``; sources are the targets plus ``transfer_sources``. A source is a task name
     (its IMP run under this config's settings, task swapped, so Table 2's runs are reused; ``mlm`` reads
     ``mlm_data_dir``), a YAML config (its own IMP run with its own settings, e.g. SQuAD at its length), or a
-    ticket file; ``task_overrides`` gives single tasks their own training settings. With ``rewind`` set to θi (Figure 4) task sources are found with rewinding and carry their θi
-    weights into the target. The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the
+    ticket file; ``task_overrides`` gives single tasks their own training settings. With ``rewind`` set to θi
+    (Figure 4) task sources are found with rewinding and carry their θi weights into the target. Each source's
+    IMP run is trained just before its row of cells, and its ticket read only if a cell of the row is not cached. The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the
     ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity. A source counts as at least as good
     as a target's own ticket where it scores within one standard deviation of the target's full model below it.
     """
     check_model(config)
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
     per_task = {t: config.for_task(t) for t in targets}
-    tickets, origin = {}, {}
-    found = free_first(targets + [t for t in config.transfer_sources if t not in targets],
-                       lambda source: _transfer_source(config, source, per_task, accelerator))
-    for label, ticket, run in found:
-        tickets[label], origin[label] = ticket, run
-    sources = list(tickets)
+    listed = [_TransferSource.of(config, source, per_task, accelerator)
+              for source in targets + [t for t in config.transfer_sources if t not in targets]]
+    by_label = {source.label: source for source in listed}
+    sources, origin = list(by_label), {label: source.run for label, source in by_label.items()}
 
     def cell(pair) -> float:  # the source's ticket fine-tuned on the target
         source, target = pair
         if source == "oneshot":
             return baseline(per_task[target], "oneshot", s, accelerator)["default"]
-        target_config = per_task[target]
+        target_config, found = per_task[target], by_label[source]
+        found.find()  # the source's IMP run before its cells
         settings = {**target_config.training_settings(), "seed": config.seed, "sparsity": s,
                     "source_run": origin[source]}
 
         def compute(run_dir):
             model, tuner = prepare(target_config, accelerator, run_dir / "step-checkpoint")
-            tickets[source].transfer_to(model, task=target_config.task)
+            found.ticket().transfer_to(model, task=target_config.task)
             set_seed(config.seed)
             return tuner.fit(model)
         return cached(Path(config.output_root), f"transfer-{source}-to-{target}", settings, compute,
@@ -322,19 +327,43 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
                                       "metrics": {t: get_task(t).metric for t in targets}})
 
 
-def _transfer_source(config: ExperimentConfig, source: str, per_task: Dict[str, ExperimentConfig],
-                     accelerator) -> tuple:
-    """``(label, ticket, run name)`` of one transfer source: a task, a YAML config or a ticket file."""
-    if source.endswith(".safetensors"):
-        ticket = Ticket.load(source)
-        return Path(source).stem, ticket, f"file:{ticket.fingerprint[:12]}:{ticket.sparsity:.4f}"
-    if source.endswith((".yaml", ".yml")):
-        found = dataclasses.replace(ExperimentConfig(**load_yaml(source)), output_root=config.output_root,
-                                    experiment="imp").validate()
-    else:
-        found = per_task.get(source) or config.for_task(source)
-    run_imp(found, accelerator)
-    return found.task, imp_ticket(found, config.transfer_sparsity), found.run_name()
+@dataclasses.dataclass
+class _TransferSource:
+    """One transfer source: its label in the matrix, the run that found its ticket, and the ticket, read only when
+    a cell still has to be trained. A source's IMP run comes before its cells, its cells before the next source's
+    run; finished cells need no ticket, so a θi run's final ticket (with θi, as large as the model) need not
+    outlive its cells."""
+    label: str
+    run: str
+    imp: Optional[ExperimentConfig] = None  # the IMP run that finds the ticket; None for a ticket file
+    sparsity: float = 0.0
+    loaded: Optional[Ticket] = None
+    accelerator: Optional[Accelerator] = None
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, source: str, per_task: Dict[str, ExperimentConfig],
+           accelerator) -> "_TransferSource":
+        """A task (its IMP run under ``config``'s settings), a YAML config (its own IMP run) or a ticket file."""
+        if source.endswith(".safetensors"):
+            ticket = Ticket.load(source)
+            return cls(Path(source).stem, f"file:{ticket.fingerprint[:12]}:{ticket.sparsity:.4f}", loaded=ticket)
+        if source.endswith((".yaml", ".yml")):
+            found = dataclasses.replace(ExperimentConfig(**load_yaml(source)), output_root=config.output_root,
+                                        experiment="imp").validate()
+        else:
+            found = per_task.get(source) or config.for_task(source)
+        return cls(found.task, found.run_name(), imp=found, sparsity=config.transfer_sparsity, accelerator=accelerator)
+
+    def find(self) -> None:
+        """Train the IMP run, or read it back if it is finished (nothing to do for a ticket file)."""
+        if self.imp is not None:
+            run_imp(self.imp, self.accelerator)
+
+    def ticket(self) -> Ticket:
+        """The ticket at the transfer sparsity, read on the first call."""
+        if self.loaded is None:
+            self.loaded = imp_ticket(self.imp, self.sparsity)
+        return self.loaded
 
 
 def every_metric(trajectory: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
