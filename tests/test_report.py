@@ -135,6 +135,25 @@ def test_rewinding_is_compared_with_theta0_cell_by_cell():
     assert _row(text, "oneshot") == ["+0.0", "+0.0", "0 → 0", "0 → 0"]
 
 
+def test_rewinding_is_compared_only_with_a_theta0_matrix_trained_alike(tmp_path):
+    # the committed θ0 matrix was trained 2 epochs; a θi matrix at 4 must not be set against it
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    theta0 = json.loads((Path(__file__).parents[1] / "docs/results/cpu/tables/transfer-matrix.json").read_text())
+    tasks = ["mrpc", "stsb"]
+    rewound = {**theta0, "rewind": 0.05, "tasks": tasks, "sources": tasks,
+               "settings": {**theta0["settings"], "rewind": 0.05, "epochs": theta0["settings"]["epochs"] + 2}}
+    for name, result in {"transfer-matrix": theta0, "transfer-matrix-rewind-0.05": rewound}.items():
+        (tables / f"{name}.json").write_text(json.dumps(result))
+    text = report.render(tmp_path, tmp_path / "out").read_text()
+    assert "No θ0 matrix trained as this one was" in text and "| source \\ target |" in text  # Figure 3 still shown
+    assert "≥ own θ0 → θi" not in text
+    rewound["settings"]["epochs"] = theta0["settings"]["epochs"]  # trained alike: compared cell by cell
+    (tables / "transfer-matrix-rewind-0.05.json").write_text(json.dumps(rewound))
+    text = report.render(tmp_path, tmp_path / "out").read_text()
+    assert "≥ own θ0 → θi" in text and "No θ0 matrix" not in text
+
+
 def test_the_summary_states_each_tasks_epochs_and_trainings_per_verdict(tmp_path):
     # tasks rerun at a new setting sit beside older results: the summary says which rests on what
     tables = tmp_path / "tables"

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .report_table2 import (LABELS, POINTS, _fmt, _points, _scale,  # noqa: E402
                             table2_markdown, table2_plot)
+from .config import TRAINING_FIELDS  # noqa: E402
 from .verdicts import transfer_verdicts  # noqa: E402
 
 __all__ = ["render", "main", "table2_markdown"]
@@ -155,6 +156,12 @@ def transfer_markdown(result: Dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def same_training(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two transfer matrices trained their cells alike (all but rewinding and the choice of tasks)."""
+    keys = [k for k in TRAINING_FIELDS if k != "task"] + ["task_overrides", "seed", "seeds", "transfer_sparsity"]
+    return all(a.get("settings", {}).get(k) == b.get("settings", {}).get(k) for k in keys)
+
+
 def rewind_comparison_markdown(theta0: Dict[str, Any], rewound: Dict[str, Any]) -> str:
     """Figure 4 against Figure 3: on the sources and targets both matrices share, each transfer with θi rewinding
     minus the same transfer with θ0, and per source the targets where each is at least as good as the target's own
@@ -253,9 +260,12 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         sections.append(transfer_markdown(r))
         transfer_plot(r, out / name)
         sections.append(f"![transfer]({name})")
-    theta0 = next((r for r in transfers if not r.get("rewind")), None)
-    for r in (r for r in transfers if r.get("rewind") and theta0 is not None):
-        sections.append(rewind_comparison_markdown(theta0, r))
+    for r in (r for r in transfers if r.get("rewind")):
+        theta0 = next((t for t in transfers if not t.get("rewind") and same_training(t, r)), None)
+        sections.append(rewind_comparison_markdown(theta0, r) if theta0 is not None else
+                        f"## Does rewinding to θi transfer better than θ0? (i = {r['rewind']})\n\nNo θ0 matrix trained "
+                        "as this one was (same epochs, learning rate, data and seeds) is among these results, so no "
+                        "cell is compared: make one with the θi matrix's config and `--rewind 0`.")
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report
