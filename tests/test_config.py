@@ -80,6 +80,27 @@ def test_the_shipped_transfer_config_reuses_each_tasks_table2_runs():
     assert transfer.for_task("sst2").max_train_samples == 5000 and transfer.for_task("rte").max_train_samples is None
 
 
+def test_the_shipped_figure4_config_and_its_theta0_twin_reuse_table2(tmp_path):
+    """examples/configs/cpu/transfer-rewind.yaml (Figure 4) trains its targets as Table 2 did; run as its comment
+    says with --rewind 0, its θ0 sources are Table 2's IMP runs (a shorter run reads the longer one's rounds)."""
+    from pathlib import Path
+    from nni_bert_tickets.experiments.config import load_yaml
+    cpu = Path(__file__).resolve().parents[1] / "examples" / "configs" / "cpu"
+    config = cpu / "transfer-rewind.yaml"
+    commands = [line.split("--config ", 1)[1].split()[1:] for line in config.read_text().splitlines()
+                if line.startswith("#") and "--config" in line]
+    assert commands == [[], ["--rewind", "0"]]
+    rewound, theta0 = (parse_args(["--config", str(config), *extra]) for extra in commands)
+    assert rewound.rewind == 0.05 and theta0.rewind == 0
+    for task in rewound.transfer_tasks:
+        own = ExperimentConfig(**load_yaml(str(cpu / f"table2-{task}.yaml")))
+        for made in (rewound, theta0):
+            assert made.for_task(task).training_settings() == own.training_settings(), task
+        # all the θ0 source's settings but where it stops: its first rounds are Table 2's run's
+        assert {k: v for k, v in own.hashed().items() if k != "target_sparsity"} == \
+            {k: v for k, v in theta0.for_task(task).hashed().items() if k != "target_sparsity"}, task
+
+
 def test_help_describes_every_flag(capsys):
     """`--help` gives every setting a description (carried once, by the dataclass field) and its default."""
     with pytest.raises(SystemExit):
