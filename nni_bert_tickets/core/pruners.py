@@ -7,8 +7,9 @@ Unlike NNI's own pruners, pruned *parameters* are also set to exactly 0, so the 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 import torch
 from nni.compression.utils.evaluator import Evaluator
@@ -195,22 +196,32 @@ class IMPPruner(_TicketPruner):
         """Train the current subnetwork for one round through the evaluator (a fresh optimizer and schedule), with
         its after-step tasks: the θi capture in round 0, and the watch that counts steps (and may stop a search
         round early), then ``tasks``. Then evaluate it; a round stopped early is not evaluated."""
-        evaluator = self.evaluator
-        evaluator.bind_model(self.bound_model, self._get_param_names_map())  # fresh optimizer + scheduler
         capture = level == 0 and self.rewind_point.to_theta_i and self._rewind_state is None
         watch = self._watch(level, self._round_steps(max_steps, max_epochs))
         own = [self._snapshot_at(self._rewind_step(max_steps, max_epochs))] if capture else []
-        after_step = own + [watch, *tasks]
-        evaluator.patch_optimizer_step([], after_step)
-        with quiet_step_patch(evaluator):
-            watch.train(evaluator, max_steps, max_epochs, steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
-        self.bound_model.zero_grad(set_to_none=True)  # a loop cut short mid-step leaves gradients behind
-        result = evaluator.evaluate() if watch.stopped_at is None else None  # a cut-short round is not a verdict
-        evaluator.unbind_model()
+        with self._bound([*own, watch, *tasks]) as evaluator:
+            with quiet_step_patch(evaluator):
+                watch.train(evaluator, max_steps, max_epochs,
+                            steps_before=sum(r.get("steps") or 0 for r in self.trajectory))
+            self.bound_model.zero_grad(set_to_none=True)  # a loop cut short mid-step leaves gradients behind
+            result = evaluator.evaluate() if watch.stopped_at is None else None  # a cut-short round: no verdict
         if capture and self._rewind_state is None:
             raise RuntimeError(f"the first round ended before step {self.rewind}: cannot rewind to it")
         metric, metrics = result if isinstance(result, tuple) else (result, {})
         return (None if metric is None else float(metric)), dict(metrics or {}), watch.record(bool(self.early_stop))
+
+    @contextlib.contextmanager
+    def _bound(self, after_step: List[Callable[[], None]]) -> Iterator[Evaluator]:
+        """The evaluator bound to the model for one training (a fresh optimizer and schedule), running ``after_step``
+        after each optimizer step; unbound, with no gradient left behind, when the block ends."""
+        evaluator = self.evaluator
+        evaluator.bind_model(self.bound_model, self._get_param_names_map())
+        evaluator.patch_optimizer_step([], after_step)
+        try:
+            yield evaluator
+        finally:
+            self.bound_model.zero_grad(set_to_none=True)
+            evaluator.unbind_model()
 
     def _current_step(self) -> Optional[Callable[[], int]]:
         """Which step just finished, where the evaluator can tell (else the after-step tasks count their calls)."""
@@ -368,21 +379,17 @@ class IMPPruner(_TicketPruner):
         if isinstance(self.evaluator, RoundEvaluator):
             self.evaluator.discard_checkpoint()  # a step checkpoint here is a later round's, not round 0's
         seed_round(self.seed, 0)
-        self._rewind_state, evaluator = None, self.evaluator
-        evaluator.bind_model(self.bound_model, self._get_param_names_map())
+        self._rewind_state = None
 
         def stop() -> None:
             if self._rewind_state is not None:
                 raise StopTraining(step)
-        evaluator.patch_optimizer_step([], [self._snapshot_at(step), stop])
-        try:
-            with quiet_step_patch(evaluator):
-                evaluator.train(max_steps, max_epochs)
-        except StopTraining:  # a training loop that lets it through
-            pass
-        finally:
-            self.bound_model.zero_grad(set_to_none=True)
-            evaluator.unbind_model()
+        with self._bound([self._snapshot_at(step), stop]) as evaluator:
+            try:
+                with quiet_step_patch(evaluator):
+                    evaluator.train(max_steps, max_epochs)
+            except StopTraining:  # a training loop that lets it through
+                pass
         if self._rewind_state is None:
             raise RuntimeError(f"round 0 ended before step {step}: cannot take θi again")
         return self._rewind_state
