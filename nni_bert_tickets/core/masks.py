@@ -15,8 +15,9 @@ from .targets import check_sparsity
 
 Masks = Dict[str, torch.Tensor]
 
-__all__ = ["Masks", "global_magnitude_masks", "nm_magnitude_masks", "parse_nm", "check_nm", "is_nm", "random_masks", "sparsity", "layer_sparsity",
-           "sparsity_schedule", "count_to_prune", "check_same_keys", "pack_bits", "unpack_bits"]
+__all__ = ["Masks", "global_magnitude_masks", "nm_magnitude_masks", "parse_nm", "check_nm", "is_nm", "random_masks",
+           "sparsity", "layer_sparsity", "sparsity_schedule", "count_to_prune", "check_same_keys", "pack_bits",
+           "unpack_bits"]
 
 
 def count_to_prune(total: int, sparsity: float) -> int:

@@ -145,7 +145,8 @@ class IMPPruner(_TicketPruner):
                                                          for k, w in self._theta0_prunable.items()})
         self._body, self._base_model = body_fingerprint(self.bound_model), model_name(self.bound_model)
         self._rewind_state = self._state() if rewind_point.to_theta0 else None
-        self._store = RunStore(output_dir, settings=self._settings(), base_model=self._base_model) if output_dir else None
+        self._store = (RunStore(output_dir, settings=self._settings(), base_model=self._base_model)
+                       if output_dir else None)
 
     # ---- the level loop ------------------------------------------------------------------------------------
     def compress(self, max_steps: int | None = None, max_epochs: int | None = None):
@@ -161,8 +162,8 @@ class IMPPruner(_TicketPruner):
             _log.info("IMP round %d/%d at sparsity %.4f", level, len(self.levels) - 1, self.levels[level])
             seed_round(self.seed, level)
             shared = level == 0 and self.dense_round is not None                # round 0 trained once, for all runs
-            result = (self._shared_dense_round(max_steps, max_epochs) if shared
-                      else self._train_and_evaluate(level, max_steps, max_epochs))  # train f(x; m ⊙ θ) (θi: round 0)
+            result = (self._shared_dense_round(max_steps, max_epochs) if shared     # train f(x; m ⊙ θ)
+                      else self._train_and_evaluate(level, max_steps, max_epochs))  # (and take θi in round 0)
             self._keep_ticket(level, *result)                                 # the subnetwork at this level
             if level + 1 < len(self.levels):
                 self._prune_globally(self.levels[level + 1])                  # prune the smallest survivors, globally
@@ -233,7 +234,8 @@ class IMPPruner(_TicketPruner):
             return RoundWatch(current_step=current_step)
         return RoundWatch(self.early_stop, lambda: self._masks_by_pool(self._magnitude, self.levels[level + 1]),
                           self._masks_by_pool(lambda w, s, m: m), current_step, total_steps=total,
-                          may_stop=lambda: not self.rewind_point.to_theta_i or self._rewind_state is not None)  # θi first
+                          # θi is taken before a round may stop
+                          may_stop=lambda: not self.rewind_point.to_theta_i or self._rewind_state is not None)
 
     def _shared_dense_round(self, max_steps, max_epochs):
         """Round 0 from :attr:`dense_round`: read back if it holds the round and this run's θi, else trained here

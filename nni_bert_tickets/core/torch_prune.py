@@ -83,7 +83,8 @@ class TicketMask(_Method):
             self.PRUNING_TYPE = "global"
 
     @classmethod
-    def apply(cls, module: torch.nn.Module, name: str, mask: torch.Tensor, importance_scores=None):  # type: ignore[override]
+    def apply(cls, module: torch.nn.Module, name: str, mask: torch.Tensor,  # type: ignore[override]
+              importance_scores=None):
         return super().apply(module, name, mask=mask, whole=True, importance_scores=importance_scores)
 
     @classmethod

@@ -35,7 +35,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, description: str = "",
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
-        shown = (" ".join(map(str, default)) or "none") if isinstance(default, list) else "{}" if default == {} else default
+        if isinstance(default, list):
+            shown = " ".join(map(str, default)) or "none"
+        else:
+            shown = "{}" if default == {} else default
         text = f.metadata["help"] + ("" if default is None else f" (default: {shown})")  # the help says what unset is
         if choices and element_of(hints[f.name]) is not None:
             text += f"; any of: {', '.join(choices)}"

@@ -27,7 +27,8 @@ from .hints import element_of, kind_of
 from .verdicts import PROBE_ORDERS
 
 __all__ = ["ExperimentConfig", "load_yaml", "choices_of"]
-NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to", "share_dense_round")  # where and how, not what
+# where and how, not what
+NOT_HASHED = ("output_root", "log_level", "checkpoint_steps", "keep", "report_to", "share_dense_round")
 # Settings of the paper's tables and figures: they choose which runs to make, not how one run goes, so they
 # are not part of any single run's name (an IMP run is shared by Table 2, Table 3 and the transfer matrix).
 EXPERIMENT_FIELDS = ("experiment", "seeds", "baselines", "baseline_sparsities", "baseline_offsets", "shuffle_mode",
@@ -95,7 +96,8 @@ class ExperimentConfig:
     learning_rate: float = _setting(_TRAIN.learning_rate, "AdamW learning rate (linear decay to 0)")
     batch_size: int = _setting(_TRAIN.batch_size, "training batch size per process")
     epochs: float = _setting(_TRAIN.epochs, "epochs per training run (per IMP round)")
-    max_steps: Optional[int] = _setting(_TRAIN.max_steps, "optimizer steps per training run, overriding epochs (unset: epochs decide)")
+    max_steps: Optional[int] = _setting(_TRAIN.max_steps, "optimizer steps per training run, overriding epochs "
+                                        "(unset: epochs decide)")
     weight_decay: float = _setting(_TRAIN.weight_decay, "AdamW weight decay (not on biases and LayerNorm)")
     max_grad_norm: float = _setting(_TRAIN.max_grad_norm, "gradient clipping norm (0: none)")
     warmup_ratio: float = _setting(_TRAIN.warmup_ratio, "fraction of the steps spent on linear LR warm-up")
@@ -121,11 +123,11 @@ class ExperimentConfig:
     seeds: int = _setting(3, "full-model fine-tunings (mean ± sample std) for the verdicts; at least 2 for a verdict")
     verdict_seeds: int = _setting(1, "Table 2: trainings of each decisive level's subnetwork and of the baselines at "
                                   "the highest matching level (1: the paper's single run)")
-    verdict_levels: str = _setting("all", "Table 2: which IMP levels are trained for a verdict where the run gives none "
-                                   "(early-stopped search, or a fresh head): all, top_down from the highest level "
-                                   "(exact), or bisect (assumes matching levels form a down-set)", PROBE_ORDERS)
-    baselines: List[str] = _setting(help="Table 2 baselines to run", factory=lambda: ["random_pruning", "random_reinit", "shuffled"],
-                                    choices=BASELINE_NAMES)
+    verdict_levels: str = _setting("all", "Table 2: which IMP levels are trained for a verdict where the run gives "
+                                   "none (early-stopped search, or a fresh head): all, top_down from the highest "
+                                   "level (exact), or bisect (assumes matching levels form a down-set)", PROBE_ORDERS)
+    baselines: List[str] = _setting(help="Table 2 baselines to run", choices=BASELINE_NAMES,
+                                    factory=lambda: ["random_pruning", "random_reinit", "shuffled"])
     baseline_sparsities: Optional[List[float]] = _setting(None, "IMP levels to run the baselines at (unset: every "
                                                           "level, or see baseline_offsets)")
     baseline_offsets: Optional[List[float]] = _setting(None, "baselines relative to the highest matching level, "
@@ -154,8 +156,9 @@ class ExperimentConfig:
                                      "per round only)")
     keep: str = _setting("all", "what a finished IMP run keeps: all, tickets (no resume state) or final (the last "
                          "ticket and the trajectory)", ("all", "tickets", "final"))
-    share_dense_round: bool = _setting(True, "train IMP's dense round 0 once, with its θi snapshots, for all runs that "
-                                       "differ only in rewind and target_sparsity (<output_root>/dense-<task>-<hash>)")
+    share_dense_round: bool = _setting(True, "train IMP's dense round 0 once, with its θi snapshots, for all runs "
+                                       "that differ only in rewind and target_sparsity "
+                                       "(<output_root>/dense-<task>-<hash>)")
     log_level: str = _setting("INFO", "logging level (DEBUG, INFO, WARNING, ...)")
     report_to: List[str] = _setting(help="Accelerate trackers to log to, e.g. tensorboard", factory=list)
 
@@ -316,7 +319,8 @@ class ExperimentConfig:
                              f"run), a whole number >= 1, got {self.verdict_seeds!r}; e.g. verdict_seeds: 3")
         if self.experiment in ("table2", "table3", "transfer") and self.seeds < 2:
             raise ValueError(f"seeds: {self.seeds} full-model fine-tuning gives no standard deviation, which the "
-                             f"{self.experiment} verdicts (within one std of the full model's mean) need; e.g. seeds: 3")
+                             f"{self.experiment} verdicts (within one std of the full model's mean) need; "
+                             "e.g. seeds: 3")
         bad = [v for v in [*self.grid_learning_rates, *self.grid_epochs] if not v > 0]
         if bad or not self.grid_learning_rates or not self.grid_epochs:
             raise ValueError(f"grid_learning_rates and grid_epochs are non-empty lists of positive numbers, got "
@@ -325,27 +329,30 @@ class ExperimentConfig:
             raise ValueError("experiment: ticket trains the ticket that `ticket` names, and `ticket` is read by it "
                              f"alone (experiment {self.experiment!r}, ticket {self.ticket!r}); e.g. --experiment "
                              "ticket --ticket tickets/all-MiniLM-L6-v2/mrpc-60")
-        if self.experiment == "dense_grid" and not any(
-                (lr, ep) == (self.learning_rate, self.epochs) for lr in self.grid_learning_rates for ep in self.grid_epochs):
-            raise ValueError(f"the dense grid must contain the config's own setting (learning_rate {self.learning_rate:g}, "
-                             f"epochs {self.epochs:g}) to compare against; add them to grid_learning_rates / grid_epochs")
+        if self.experiment == "dense_grid" and not (self.learning_rate in self.grid_learning_rates
+                                                    and self.epochs in self.grid_epochs):
+            raise ValueError(f"the dense grid must contain the config's own setting (learning_rate "
+                             f"{self.learning_rate:g}, epochs {self.epochs:g}) to compare against; add them to "
+                             "grid_learning_rates / grid_epochs")
         if self.experiment == "transfer" and not is_level(self.transfer_sparsity):
             raise ValueError(f"transfer_sparsity {self.transfer_sparsity:g} is not a level of the IMP runs the "
                              f"tickets come from (levels: {shown}); e.g. transfer_sparsity: {levels[-1]:g}")
 
     def _validate_overrides(self) -> None:
-        if not isinstance(self.task_overrides, dict) or not all(isinstance(v, dict) for v in self.task_overrides.values()):
+        if not isinstance(self.task_overrides, dict) or \
+                not all(isinstance(v, dict) for v in self.task_overrides.values()):
             raise ValueError(f"task_overrides maps tasks to settings, e.g. {{sst2: {{max_train_samples: 5000}}}}; got "
                              f"{self.task_overrides!r}")
         if self.task_overrides and self.experiment != "transfer":
-            raise ValueError(f"task_overrides is read by the transfer experiment only (experiment is {self.experiment}); "
-                             "set the task's settings directly")
+            raise ValueError(f"task_overrides is read by the transfer experiment only (experiment is "
+                             f"{self.experiment}); set the task's settings directly")
         allowed = set(TRAINING_FIELDS) - {"task"}
         for task, settings in self.task_overrides.items():
             get_task(task)
             unknown = sorted(set(settings) - allowed)
             if unknown:
-                raise ValueError(f"task_overrides[{task}]: {unknown} are not training settings; allowed: {sorted(allowed)}")
+                raise ValueError(f"task_overrides[{task}]: {unknown} are not training settings; "
+                                 f"allowed: {sorted(allowed)}")
             try:  # e.g. max_train_samples: 0
                 ExperimentConfig(**{**dataclasses.asdict(self), "task_overrides": {}, "experiment": "imp",
                                     "task": task, **settings})._validate_experiment()

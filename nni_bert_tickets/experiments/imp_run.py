@@ -78,7 +78,8 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     accelerator = accelerator or tracking.make_accelerator(config.report_to, config.output_root)
     if config.report_to and not getattr(accelerator, "log_with", None):
         _log.warning("report_to %s is ignored: the Accelerator given has no trackers; build it with "
-                     "nni_bert_tickets.experiments.tracking.make_accelerator(config.report_to, config.output_root)", config.report_to)
+                     "nni_bert_tickets.experiments.tracking.make_accelerator(config.report_to, config.output_root)",
+                     config.report_to)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
     if finished.exists():
@@ -185,9 +186,9 @@ def longer_run(config: ExperimentConfig) -> Optional[Path]:
     """A finished IMP run under ``config.output_root`` with the same settings but a higher target, whose levels
     begin with all of ``config``'s and which kept the ticket of ``config``'s last level; or None.
 
-    Each IMP round depends only on the rounds before it (it is seeded from the run seed and its round alone), never on where
-    the run will stop, so such a run's first rounds are exactly the rounds ``config`` would train (Table 3's
-    θ0 row at the matching sparsity is then Table 2's IMP run, read back)."""
+    Each IMP round depends only on the rounds before it (it is seeded from the run seed and its round alone), never
+    on where the run will stop, so such a run's first rounds are exactly the rounds ``config`` would train (Table
+    3's θ0 row at the matching sparsity is then Table 2's IMP run, read back)."""
     levels = config.levels()
     for candidate in sorted(Path(config.output_root).glob(f"imp-{config.task}-*")):
         if not (candidate / "metrics.json").exists() or not (candidate / "config.yaml").exists():
@@ -243,8 +244,9 @@ def _check_keep(keep: str) -> None:
 def _tracked(accelerator: Accelerator, on_round):
     """``on_round`` that first logs the level to the open tracker run (x = round)."""
     def report(record, ticket):
-        tracking.log_values(accelerator, "imp", {"metric": record["metric"], "sparsity": record["sparsity"],
-                                                 "steps": record.get("steps"), **record["metrics"]}, step=record["round"])
+        values = {"metric": record["metric"], "sparsity": record["sparsity"], "steps": record.get("steps"),
+                  **record["metrics"]}
+        tracking.log_values(accelerator, "imp", values, step=record["round"])
         if on_round is not None:
             on_round(record, ticket)
     return report

@@ -170,7 +170,8 @@ def _remove_other_levels(out: Path, task: str, keep: Path) -> None:
 
 def _index(out: Path) -> None:
     """``<out>/README.md``: one line per ticket folder, from the cards."""
-    lines = ["# Published tickets", "", "Written by `python -m nni_bert_tickets.experiments.publish`; each folder loads "
+    lines = ["# Published tickets", "",
+             "Written by `python -m nni_bert_tickets.experiments.publish`; each folder loads "
              "with `Ticket.from_pretrained(\"<folder>\")`.", "",
              "| folder | task | sparsity | metric | ticket | full model (mean) |", "|---|---|---:|---|---:|---:|"]
     for card in sorted(out.glob(f"*/{CARD_FILE}")):

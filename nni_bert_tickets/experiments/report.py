@@ -44,8 +44,8 @@ def dense_grid_markdown(results: List[Dict[str, Any]]) -> str:
     for r in results:
         scale = _scale(r["task"])
         out += ["", f"### {r['task']} (current setting: lr {r['current']['learning_rate']:g}, "
-                    f"{r['current']['epochs']:g} epoch{'' if r['current']['epochs'] == 1 else 's'})", "", "| learning rate | epochs | full model | runs |",
-                "|---:|---:|---:|---|"]
+                    f"{r['current']['epochs']:g} epoch{'' if r['current']['epochs'] == 1 else 's'})", "",
+                "| learning rate | epochs | full model | runs |", "|---:|---:|---:|---|"]
         for c in r["cells"]:
             std = "–" if c["std"] is None else _fmt(c["std"], scale)
             out.append(f"| {c['learning_rate']:g} | {c['epochs']:g} | {_fmt(c['mean'], scale)} ± {std} ({c['n']}) | "
@@ -148,7 +148,8 @@ def transfer_markdown(result: Dict[str, Any]) -> str:
            + POINTS, "", "| source \\ target | " + " | ".join(tasks) + " | ≥ own | matching |",
            "|---|" + "---:|" * (len(tasks) + 2)]
     for src in rows:
-        cells = [f"**{_fmt(m[src][t], scale[t])}**" if t in at_least_own[src] else _fmt(m[src][t], scale[t]) for t in tasks]
+        cells = [f"**{_fmt(m[src][t], scale[t])}**" if t in at_least_own[src] else _fmt(m[src][t], scale[t])
+                 for t in tasks]
         out.append(f"| {src} | " + " | ".join(cells) + f" | {len(at_least_own[src])} | {len(matching[src])} |")
     out.append("| full model | " + " | ".join(_fmt(full[t]["mean"], scale[t]) for t in tasks) + " | | |")
     universal = [s for s in rows if len(matching[s]) == len(tasks)]
@@ -210,7 +211,8 @@ def transfer_plot(result: Dict[str, Any], path: Path) -> None:
 
 def tickets_markdown(results: List[Dict[str, Any]]) -> str:
     """Given tickets trained on their tasks (``experiment: ticket``), beside what their cards say."""
-    out = ["## Tickets trained from θ0", "", "Each ticket's subnetwork f(x; m ⊙ θ0, γ0) fine-tuned from the start: "
+    out = ["## Tickets trained from θ0", "",
+           "Each ticket's subnetwork f(x; m ⊙ θ0, γ0) fine-tuned from the start: "
            "mean ± sample std (n trainings), beside the value its model card reports. " + POINTS, "",
            "| ticket | task | sparsity | metric | trained here | its card |", "|---|---|---:|---|---:|---:|"]
     for r in results:
@@ -263,9 +265,9 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
     for r in (r for r in transfers if r.get("rewind")):
         theta0 = next((t for t in transfers if not t.get("rewind") and same_training(t, r)), None)
         sections.append(rewind_comparison_markdown(theta0, r) if theta0 is not None else
-                        f"## Does rewinding to θi transfer better than θ0? (i = {r['rewind']})\n\nNo θ0 matrix trained "
-                        "as this one was (same epochs, learning rate, data and seeds) is among these results, so no "
-                        "cell is compared: make one with the θi matrix's config and `--rewind 0`.")
+                        f"## Does rewinding to θi transfer better than θ0? (i = {r['rewind']})\n\nNo θ0 matrix "
+                        "trained as this one was (same epochs, learning rate, data and seeds) is among these results, "
+                        "so no cell is compared: make one with the θi matrix's config and `--rewind 0`.")
     report = out / "report.md"
     report.write_text("\n\n".join(sections) + "\n")
     return report

@@ -286,9 +286,10 @@ def transfer(config: ExperimentConfig, accelerator: Optional[Accelerator] = None
     ``mlm_data_dir``), a YAML config (its own IMP run with its own settings, e.g. SQuAD at its length), or a
     ticket file; ``task_overrides`` gives single tasks their own training settings. With ``rewind`` set to θi
     (Figure 4) task sources are found with rewinding and carry their θi weights into the target. Each source's
-    IMP run is trained just before its row of cells, and its ticket read only if a cell of the row is not cached. The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the
-    ``oneshot`` row is one-shot magnitude pruning of θ0 at the same sparsity. A source counts as at least as good
-    as a target's own ticket where it scores within one standard deviation of the target's full model below it.
+    IMP run is trained just before its row of cells, and its ticket read only if a cell of the row is not cached.
+    The diagonal is a task's own ticket retrained from θ0 with a fresh head, and the ``oneshot`` row is one-shot
+    magnitude pruning of θ0 at the same sparsity. A source counts as at least as good as a target's own ticket
+    where it scores within one standard deviation of the target's full model below it.
     """
     check_model(config)
     targets, s = list(config.transfer_tasks), config.transfer_sparsity
@@ -385,7 +386,8 @@ def _save(config: ExperimentConfig, experiment: str, result: Dict[str, Any]) -> 
     result = {"experiment": experiment, "model": config.model, "settings": dataclasses.asdict(config), **result}
     folder = Path(config.output_root) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
-    name = config.task if experiment != "transfer" else "matrix" + ("" if config.rewind == 0 else f"-rewind-{config.rewind}")
+    name = config.task if experiment != "transfer" else \
+        "matrix" + ("" if config.rewind == 0 else f"-rewind-{config.rewind}")
     atomic_write_text(folder / f"{experiment}-{name}.json", json.dumps(result, indent=1, default=str))
     return result
 

@@ -2,9 +2,9 @@
 
 *Matching* (a winning ticket): a subnetwork's metric (its mean over seeds, where it has several) within one sample
 standard deviation of the full model's mean over seeds (the paper's Table 2); *strictly matching*: at least the full
-model's mean (the paper's appendix). In Figure 3 a transferred ticket is *at least as good as the target's own ticket* when it scores within one
-standard deviation (of the target's full model) below the target's own ticket; a source matching on every target
-is *universal*.
+model's mean (the paper's appendix). In Figure 3 a transferred ticket is *at least as good as the target's own
+ticket* when it scores within one standard deviation (of the target's full model) below the target's own ticket; a
+source matching on every target is *universal*.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import statistics
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["within_one_std", "matching", "strictly_matching", "stats", "decisive_levels", "highest",
-           "highest_contiguous", "row_answers", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval", "lead_at",
-           "transfer_verdicts"]
+           "highest_contiguous", "row_answers", "settle", "probe", "PROBE_ORDERS", "is_down_set", "lead_interval",
+           "lead_at", "transfer_verdicts"]
 PROBE_ORDERS = ("all", "top_down", "bisect")
 _EPS = 1e-9  # a metric exactly on the threshold counts, float noise aside
 
@@ -175,7 +175,8 @@ def lead_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.
             "confidence": confidence}
 
 
-def lead_at(rows: Sequence[Mapping[str, Any]], top: Optional[float], baselines: Sequence[str]) -> Optional[Dict[str, Any]]:
+def lead_at(rows: Sequence[Mapping[str, Any]], top: Optional[float],
+            baselines: Sequence[str]) -> Optional[Dict[str, Any]]:
     """IMP minus the best baseline (by mean) at the highest matching level ``top``, with :func:`lead_interval` over
     the row's stored runs (``<kind>_stats``); a row stored before runs were kept counts as one run each (no
     interval). None where no baseline ran at that level."""

@@ -166,11 +166,13 @@ class FineTuner:
 
     def _loop(self, model, optimizer, loader, sampler, scheduler, training_step, total: int, data_seed: int,
               term: Optional[SigtermWatch] = None) -> None:
-        """Optimizer steps from ``self.optimizer_steps`` to ``total``; pass k over the data is ordered by ``data_seed + k``
-        (``sampler`` is the batch sampler that the prepared ``loader`` wraps, or shards over processes)."""
+        """Optimizer steps from ``self.optimizer_steps`` to ``total``; pass k over the data is ordered by
+        ``data_seed + k`` (``sampler`` is the batch sampler that the prepared ``loader`` wraps, or shards over
+        processes)."""
         acc, config = self.accelerator, self.config
         model.train()
-        bar = tqdm(total=total, initial=self.optimizer_steps, desc="train", disable=not acc.is_local_main_process, leave=False)
+        bar = tqdm(total=total, initial=self.optimizer_steps, desc="train", disable=not acc.is_local_main_process,
+                   leave=False)
         while self.optimizer_steps < total:
             data_pass, done = divmod(self.optimizer_steps, len(loader))
             sampler.reseed(data_pass)
