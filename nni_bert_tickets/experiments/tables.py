@@ -340,6 +340,7 @@ class _TransferSource:
     sparsity: float = 0.0
     loaded: Optional[Ticket] = None
     accelerator: Optional[Accelerator] = None
+    found: bool = False  # the IMP run is finished
 
     @classmethod
     def of(cls, config: ExperimentConfig, source: str, per_task: Dict[str, ExperimentConfig],
@@ -356,9 +357,10 @@ class _TransferSource:
         return cls(found.task, found.run_name(), imp=found, sparsity=config.transfer_sparsity, accelerator=accelerator)
 
     def find(self) -> None:
-        """Train the IMP run, or read it back if it is finished (nothing to do for a ticket file)."""
-        if self.imp is not None:
+        """Train the IMP run, or read it back if it is finished, once (nothing to do for a ticket file)."""
+        if self.imp is not None and not self.found:
             run_imp(self.imp, self.accelerator)
+            self.found = True
 
     def ticket(self) -> Ticket:
         """The ticket at the transfer sparsity, read on the first call."""
