@@ -92,6 +92,41 @@ def test_a_theta_i_run_resumed_from_what_git_carries_ends_as_an_uninterrupted_on
     assert set(a.weights) == set(b.weights) and all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
 
 
+def test_a_finished_theta_i_run_without_its_last_ticket_trains_only_its_last_round_again(tmp_path, minilm_path,
+                                                                                         glue_dir, monkeypatch, caplog):
+    """A finished θi run carried in git arrives without its last ticket (θi and the last mask, as large as the model)
+    and its dense round; it kept the small state from before its last round, so round 0 trains again up to step i
+    and the last round once more, to the same ticket and metrics; nothing else trains."""
+    config = _config(tmp_path, minilm_path, glue_dir, rewind=0.5, keep="tickets")
+    first = run_imp(config)
+    imp = tmp_path / config.run_name() / "imp"
+    before = Ticket.load(imp / "ticket-round02.safetensors")
+    assert sorted(os.listdir(imp)) == ["imp_state-before-last.safetensors", "ticket-round00.safetensors",
+                                       "ticket-round01.safetensors", "ticket-round02.safetensors", "trajectory.json"]
+    (imp / "ticket-round02.safetensors").unlink()
+    for dense in tmp_path.glob("dense-*"):
+        shutil.rmtree(dense)
+    calls, original = [], FineTuner.train
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(FineTuner, "train", counted)
+    with caplog.at_level("WARNING"):
+        again = run_imp(config)
+    assert "its last ticket (ticket-round02.safetensors, with θi) is gone: training round 2 again" in caplog.text
+    assert len(calls) == 2  # round 0 up to step i, then the last round
+    assert again["trajectory"] == first["trajectory"]
+    after = Ticket.load(imp / "ticket-round02.safetensors")
+    assert all(torch.equal(before.masks[k], after.masks[k]) for k in before.masks)
+    assert all(torch.equal(before.weights[k], after.weights[k]) for k in before.weights)
+    calls.clear()
+    assert run_imp(config)["trajectory"] == first["trajectory"] and calls == []  # finished again: nothing trains
+    final = dataclasses.replace(config, keep="final")  # kept smaller: the earlier tickets and that state go
+    run_imp(final)
+    assert sorted(os.listdir(imp)) == ["ticket-round02.safetensors", "trajectory.json"]
+
+
 def test_bad_paths_fail_before_training(tmp_path, minilm_path, glue_dir, monkeypatch):
     monkeypatch.setattr(FineTuner, "train", lambda *a, **k: pytest.fail("trained despite bad input"))
     with pytest.raises(DataError, match="cannot read"):

@@ -108,7 +108,7 @@ def test_tables_share_runs_and_never_recompute(tmp_path, tiny_path, glue_dir, co
     final.unlink()
     counted.clear()
     assert transfer(rewound)["matrix"] == fig4["matrix"] and counted == []
-    with pytest.raises(FileNotFoundError, match="copied without it"):  # a cell still to train needs it: named
+    with pytest.raises(FileNotFoundError, match="run it again"):  # read directly: named, with the way back
         imp_ticket(rewound, 0.1)
 
     out = report.render(tmp_path, tmp_path / "report")

@@ -15,6 +15,7 @@ from conftest import tiny_bert, toy_evaluator
 from nni_bert_tickets import IMPPruner, Ticket, TicketError, bert_config_list, global_magnitude_masks, prunable_weights
 from nni_bert_tickets.experiments.config import ExperimentConfig
 from nni_bert_tickets.experiments.imp_run import run_imp, tidy_finished
+from nni_bert_tickets.core.imp_state import BEFORE_LAST_FILE
 from nni_bert_tickets.experiments.tables import imp_ticket
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -260,10 +261,11 @@ def test_tidy_keeps_what_it_says_and_a_missing_intermediate_ticket_is_a_clear_er
     assert set(tidy_finished(imp_dir, "tickets", pruner.trajectory)) == {"imp_state.safetensors", "theta_i.safetensors",
                                                                          "step-checkpoint.old"}
     tickets = [f"ticket-round{r:02d}.safetensors" for r in range(5)]
-    assert sorted(p.name for p in imp_dir.iterdir()) == tickets + ["trajectory.json"]
+    # a θi run keeps the state before its last round, to train that round again if its ticket does not travel
+    assert sorted(p.name for p in imp_dir.iterdir()) == [BEFORE_LAST_FILE, *tickets, "trajectory.json"]
     (imp_dir.parent / "metrics.json").write_text(json.dumps({"trajectory": pruner.trajectory}))
     assert torch.equal(imp_ticket(config, 0.2).masks["pooler.dense.weight"], pruner.tickets[2].masks["pooler.dense.weight"])
-    assert tidy_finished(imp_dir, "final", pruner.trajectory) == tickets[:-1]
+    assert tidy_finished(imp_dir, "final", pruner.trajectory) == [BEFORE_LAST_FILE, *tickets[:-1]]
     assert sorted(p.name for p in imp_dir.iterdir()) == [tickets[-1], "trajectory.json"]
     assert tidy_finished(imp_dir, "final", pruner.trajectory) == []  # idempotent
     final = imp_ticket(config, 0.4)  # the final θi ticket keeps its rewind weights

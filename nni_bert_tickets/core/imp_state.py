@@ -16,6 +16,7 @@ import json
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
@@ -28,11 +29,14 @@ from .rewind import Rewind
 from .targets import base_prefix
 from .ticket import Ticket
 
-__all__ = ["RunStore", "Saved", "STATE_FORMAT", "ticket_file", "state_tensors", "restore_state",
+__all__ = ["RunStore", "Saved", "STATE_FORMAT", "BEFORE_LAST_FILE", "ticket_file", "state_tensors", "restore_state",
            "head_names", "body_fingerprint", "rewind_params"]
 STATE_FORMAT = "nni_bert_tickets.imp_state/2"
 STATE_FILE = "imp_state.safetensors"  # the masks, task head, rewind point and trajectory after the last round
 THETA_I_FILE = "theta_i.safetensors"  # the θi snapshot, written as soon as it is taken
+# a θi run's state before its last round, kept once the run is finished: its last ticket, the only file with θi and
+# the last mask, is as large as the model and may not travel; from this state the last round trains again
+BEFORE_LAST_FILE = "imp_state-before-last.safetensors"
 TICKET_FILE = "ticket-round{:02d}.safetensors"  # each round's ticket, by round number
 _SETTINGS_0_1 = ("levels", "schedule", "step", "rewind", "head", "seed")  # what version 0.1.0 recorded
 _log = logging.getLogger(__name__)
@@ -207,6 +211,9 @@ class RunStore:
         # the trajectory rides in the state file's header: one atomic write holds both, so a kill cannot leave
         # a state of one round beside the trajectory of another
         header = {**header, "trajectory": json.dumps(trajectory, default=str), "settings": json.dumps(self.settings)}
+        if final and header.get("theta_i") == "apart" and os.path.exists(self.path(STATE_FILE)):
+            # the state after the round before (masks and head: small) outlives the run, to train the last again
+            atomic_write(self.path(BEFORE_LAST_FILE), lambda tmp: shutil.copyfile(self.path(STATE_FILE), tmp))
         atomic_write(self.path(STATE_FILE), lambda tmp: save_file(state, tmp, metadata=header))
         atomic_write_text(self.path("trajectory.json"), json.dumps(trajectory, indent=1, default=str))  # a copy
 

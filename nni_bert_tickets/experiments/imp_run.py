@@ -33,8 +33,8 @@ from ..core.dense_round import DenseRound
 from ..core.locks import unit_lock
 from ..core.naming import unit_name
 from ..tasks import get_task
-from ..core.files import atomic_write_text, remove_stale_temporaries
-from ..core.imp_state import STATE_FILE, THETA_I_FILE, ticket_file
+from ..core.files import atomic_write, atomic_write_text, remove_stale_temporaries
+from ..core.imp_state import BEFORE_LAST_FILE, STATE_FILE, THETA_I_FILE, ticket_file
 from ..core.pruners import IMPPruner
 from ..core.seeding import environment, record_environment
 from ..core.targets import bert_config_list
@@ -82,7 +82,7 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
                      config.report_to)
     run_dir = Path(config.output_root) / config.run_name()
     finished = run_dir / "metrics.json"
-    if finished.exists():
+    if finished.exists() and not last_ticket_lost(run_dir):
         _log.info("%s is finished already; nothing to do", run_dir)
         return _finished(run_dir, config, accelerator)
     longer = imp_run_dir(config)
@@ -103,10 +103,13 @@ def run_imp(config: ExperimentConfig, accelerator: Optional[Accelerator] = None,
     finally:
         logging.getLogger().removeHandler(early)
     with unit_lock(run_dir, accelerator):  # one writer per run: another process may be training it
-        if finished.exists():
+        if finished.exists() and not last_ticket_lost(run_dir):
             early.close()
             _log.info("%s was finished by another process; its results are reused", run_dir.name)
             return _finished(run_dir, config, accelerator)
+        if finished.exists() and accelerator.is_main_process:
+            _reopen_last_round(run_dir)
+        accelerator.wait_for_everyone()
         return _train(config, accelerator, on_round, run_dir, model, tuner, config_list, early)
 
 
@@ -153,6 +156,25 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, on_round, run_dir
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+def last_ticket_lost(run_dir: Path) -> bool:
+    """Whether a finished θi run lacks its last ticket (θi and the last mask: as large as the model, it may not have
+    travelled with the run) but kept the state before its last round, from which that round trains again."""
+    if not (run_dir / "metrics.json").exists() or not (run_dir / "imp" / BEFORE_LAST_FILE).exists():
+        return False
+    last = json.loads((run_dir / "metrics.json").read_text())["trajectory"][-1]["round"]
+    return not (run_dir / "imp" / ticket_file(last)).exists()
+
+
+def _reopen_last_round(run_dir: Path) -> None:
+    """Put the state before the last round back as the resume state and unfinish the run (its lock is held)."""
+    imp_dir = run_dir / "imp"
+    last = json.loads((run_dir / "metrics.json").read_text())["trajectory"][-1]
+    _log.warning("%s is finished but its last ticket (%s, with θi) is gone: training round %d again from the state "
+                 "before it (it scored %s)", run_dir.name, ticket_file(last["round"]), last["round"], last["metric"])
+    atomic_write(imp_dir / STATE_FILE, lambda tmp: shutil.copyfile(imp_dir / BEFORE_LAST_FILE, tmp))
+    (run_dir / "metrics.json").unlink()
 
 
 def dense_round_dir(config: ExperimentConfig) -> Optional[Path]:
@@ -213,7 +235,8 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
 
     ``tickets`` and ``final`` delete the resume state (which only a run that is not finished reads) and any
     θi snapshot or step checkpoint left over; ``final`` also deletes every round's ticket but the last one (it
-    carries a θi run's rewind weights). ``trajectory.json`` stays. Idempotent: a rerun finishes a tidy-up cut short.
+    carries a θi run's rewind weights) and the state before the last round (which needs the earlier tickets to
+    train the last round again). ``trajectory.json`` stays. Idempotent: a rerun finishes a tidy-up cut short.
     """
     _check_keep(keep)
     if keep == "all" or not imp_dir.is_dir():
@@ -221,7 +244,8 @@ def tidy_finished(imp_dir: Path, keep: str, trajectory: List[Dict[str, Any]]) ->
     doomed = [imp_dir / STATE_FILE, imp_dir / THETA_I_FILE, *sorted(imp_dir.glob("step-checkpoint*"))]
     if keep == "final":
         last = trajectory[-1]["round"]
-        doomed += [imp_dir / ticket_file(r["round"]) for r in trajectory if r["round"] != last]
+        doomed += [imp_dir / BEFORE_LAST_FILE,
+                   *(imp_dir / ticket_file(r["round"]) for r in trajectory if r["round"] != last)]
     deleted = []
     for path in doomed:
         if path.is_dir():

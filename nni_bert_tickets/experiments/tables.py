@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from ..core.baselines import check_layer_shuffle, one_shot_magnitude_ticket, random_ticket
 from ..core.baseline_pruners import ReinitPruner, ShuffledPruner, mask_config_list
 from .config import ExperimentConfig, load_yaml, unit_name
-from .imp_run import imp_run_dir, prepare, run_imp
+from .imp_run import imp_run_dir, last_ticket_lost, prepare, run_imp
 from ..core.locks import free_first, unit_lock
 from ..core.files import atomic_write_text
 from ..core.imp_state import ticket_file
@@ -96,12 +96,16 @@ def ticket_at(run_dir: Path, sparsity: float) -> Ticket:
 def _kept(run_dir: Path, round_: int) -> Path:
     """A round's ticket file; if a finished run lacks it, say why it may be gone and what to do."""
     path = run_dir / "imp" / ticket_file(round_)
-    if not path.exists() and (run_dir / "metrics.json").exists():
-        raise FileNotFoundError(
-            f"{path} is gone, though the IMP run {run_dir.name} is finished: it was kept with keep: final (only the "
-            "last round's ticket), or the run folder was copied without it (a θi run's last ticket holds the rewind "
-            "weights, as large as the model); delete the run folder and rerun it (keep: tickets keeps every level)")
-    return path
+    if path.exists() or not (run_dir / "metrics.json").exists():
+        return path
+    if last_ticket_lost(run_dir):
+        raise FileNotFoundError(f"{path} is gone: the θi run {run_dir.name} was copied without its last ticket (θi, "
+                                "as large as the model); run it again (run_imp, or the experiment) to train its last "
+                                "round again from the state it kept before it")
+    raise FileNotFoundError(
+        f"{path} is gone, though the IMP run {run_dir.name} is finished: it was kept with keep: final (only the "
+        "last round's ticket), or the run folder was copied without it; delete the run folder and rerun it "
+        "(keep: tickets keeps every level)")
 
 
 # The Table-2 baselines as small strategies: each makes a model and the ticket to apply on it, from θ0 (the freshly
@@ -340,7 +344,6 @@ class _TransferSource:
     sparsity: float = 0.0
     loaded: Optional[Ticket] = None
     accelerator: Optional[Accelerator] = None
-    found: bool = False  # the IMP run is finished
 
     @classmethod
     def of(cls, config: ExperimentConfig, source: str, per_task: Dict[str, ExperimentConfig],
@@ -357,14 +360,15 @@ class _TransferSource:
         return cls(found.task, found.run_name(), imp=found, sparsity=config.transfer_sparsity, accelerator=accelerator)
 
     def find(self) -> None:
-        """Train the IMP run, or read it back if it is finished, once (nothing to do for a ticket file)."""
-        if self.imp is not None and not self.found:
+        """Train the IMP run unless it is finished (nothing to do for a ticket file)."""
+        if self.imp is not None and not (imp_run_dir(self.imp) / "metrics.json").exists():
             run_imp(self.imp, self.accelerator)
-            self.found = True
 
     def ticket(self) -> Ticket:
-        """The ticket at the transfer sparsity, read on the first call."""
+        """The ticket at the transfer sparsity, read on the first call (a θi run whose last ticket did not travel
+        trains its last round again first: :func:`~.imp_run.run_imp`)."""
         if self.loaded is None:
+            run_imp(self.imp, self.accelerator)
             self.loaded = imp_ticket(self.imp, self.sparsity)
         return self.loaded
 
