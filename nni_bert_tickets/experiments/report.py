@@ -137,7 +137,8 @@ def transfer_markdown(result: Dict[str, Any]) -> str:
     tasks, m, full = result["tasks"], result["matrix"], result["full"]
     scale = {t: _scale(t) for t in tasks}  # a column is one target task: one metric, one scale
     rewind = result.get("rewind", 0)
-    title = "Figure 3" if not rewind else f"Figure 4 (tickets found with rewinding to θi, i = {rewind})"
+    title = ("Figure 3" if not rewind
+             else f"Figure 4 (tickets found with rewinding to θi, i = {100 * rewind:g} % of training)")
     rows = [*result.get("sources", tasks), "oneshot"]
     at_least_own, matching = transfer_verdicts(m, full, tasks, rows)  # the same verdicts tables.transfer stores
     out = [f"## {title}: transfer of {100 * result['sparsity']:.0f}% tickets", "",
@@ -173,7 +174,7 @@ def rewind_comparison_markdown(theta0: Dict[str, Any], rewound: Dict[str, Any]) 
     verdicts = {name: transfer_verdicts(r["matrix"], r["full"], tasks, sources)
                 for name, r in (("θ0", theta0), ("θi", rewound))}
     out = [f"## Does rewinding to θi transfer better than θ0? ({100 * rewound['sparsity']:.0f}% tickets, "
-           f"i = {rewound['rewind']})", "",
+           f"i = {100 * rewound['rewind']:g} %)", "",
            "Each cell: the θi matrix minus the θ0 matrix, in points (one run each; the targets' full-model std is "
            "the yardstick). Right: targets where the source is at least as good as the target's own ticket, and "
            "matching, under θ0 → θi. " + POINTS, "",
@@ -265,7 +266,8 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
     for r in (r for r in transfers if r.get("rewind")):
         theta0 = next((t for t in transfers if not t.get("rewind") and same_training(t, r)), None)
         sections.append(rewind_comparison_markdown(theta0, r) if theta0 is not None else
-                        f"## Does rewinding to θi transfer better than θ0? (i = {r['rewind']})\n\nNo θ0 matrix "
+                        f"## Does rewinding to θi transfer better than θ0? "
+                        f"(i = {100 * r['rewind']:g} %)\n\nNo θ0 matrix "
                         "trained as this one was (same epochs, learning rate, data and seeds) is among these results, "
                         "so no cell is compared: make one with the θi matrix's config and `--rewind 0`.")
     report = out / "report.md"
