@@ -111,9 +111,10 @@ def test_verdicts_count_the_threshold_and_never_a_missing_run():
     assert verdicts.matching(0.80, {"mean": 0.80})  # one seed: no std, the mean itself
 
 
-def test_report_renders_the_verdicts_the_transfer_table_stored():
-    # the committed CPU Figure 3, written by tables.transfer: the report's counts must be the stored ones
-    result = json.loads((Path(__file__).parents[1] / "docs/results/cpu/tables/transfer-matrix.json").read_text())
+@pytest.mark.parametrize("name", ["transfer-matrix", "transfer-matrix-rewind-0.05"])
+def test_report_renders_the_verdicts_the_transfer_table_stored(name):
+    # the committed CPU Figures 3 and 4, written by tables.transfer: the report's counts must be the stored ones
+    result = json.loads((Path(__file__).parents[1] / f"docs/results/cpu/tables/{name}.json").read_text())
     text = report.transfer_markdown(result)
     for source in [*result["sources"], "oneshot"]:
         *_, at_least_own, matching = _row(text, source)
@@ -184,3 +185,23 @@ def test_answers_missing_from_older_results_are_derived_from_their_rows_not_show
     assert _row(table2, "matching at every level up to it") == ["yes", "no"]
     assert _row(table2, "highest with every level below matching") == ["40%", "10%"]
     assert _row(table2, "IMP lead over the best baseline there [95 % interval]")[1] == "+6.0 (n = 1)"
+
+
+def test_two_theta0_matrices_get_a_plot_each(tmp_path):
+    # a θ0 twin trained at 4 epochs beside Figure 3 at 2: neither plot may overwrite the other
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    theta0 = json.loads((Path(__file__).parents[1] / "docs/results/cpu/tables/transfer-matrix.json").read_text())
+    twin = {**theta0, "settings": {**theta0["settings"], "epochs": theta0["settings"]["epochs"] + 2}}
+    twin["matrix"] = {s: {t: v / 2 for t, v in row.items()} for s, row in theta0["matrix"].items()}
+    for name, result in {"transfer-matrix": theta0, "transfer-matrix-twin": twin}.items():
+        (tables / f"{name}.json").write_text(json.dumps(result))
+    text = report.render(tmp_path, tmp_path / "out").read_text()
+    epochs = theta0["settings"]["epochs"]
+    names = [f"transfer-{epochs:g}-epochs.png", f"transfer-{epochs + 2:g}-epochs.png"]
+    assert all(f"]({n})" in text for n in names) and "](transfer.png)" not in text
+    first, second = ((tmp_path / "out" / n).read_bytes() for n in names)
+    assert first != second
+    # a lone θ0 matrix keeps its plain name
+    (tables / "transfer-matrix-twin.json").unlink()
+    assert "](transfer.png)" in report.render(tmp_path, tmp_path / "out2").read_text()

@@ -225,6 +225,20 @@ def tickets_markdown(results: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _transfer_plot_name(result: Dict[str, Any], transfers: List[Dict[str, Any]], taken: set) -> str:
+    """``transfer.png`` (θ0) or ``transfer-rewind-<i>.png``; where two matrices share the rewinding point (a θ0 twin
+    beside Figure 3), each also names its epochs, so one plot never overwrites another."""
+    rewind = result.get("rewind") or 0
+    name = "transfer" if not rewind else f"transfer-rewind-{rewind}"
+    if sum(1 for t in transfers if (t.get("rewind") or 0) == rewind) > 1:
+        name += f"-{result.get('settings', {}).get('epochs', 0):g}-epochs"
+    stem, k = name, 2
+    while name in taken:  # alike in rewinding and epochs too: numbered in file order
+        name, k = f"{stem}-{k}", k + 1
+    taken.add(name)
+    return name + ".png"
+
+
 def render(root: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` and the PNGs for every result under ``root``; returns the report's path."""
     root = Path(root)
@@ -258,8 +272,9 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         table3_plot(t3, out / "table3.png")
         sections.append("![rewinding](table3.png)")
     transfers = [r for r in results if r["experiment"] == "transfer"]
+    plots: set = set()
     for r in transfers:
-        name = "transfer.png" if not r.get("rewind") else f"transfer-rewind-{r['rewind']}.png"
+        name = _transfer_plot_name(r, transfers, plots)
         sections.append(transfer_markdown(r))
         transfer_plot(r, out / name)
         sections.append(f"![transfer]({name})")
