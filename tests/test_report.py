@@ -202,6 +202,17 @@ def test_two_theta0_matrices_get_a_plot_each(tmp_path):
     assert all(f"]({n})" in text for n in names) and "](transfer.png)" not in text
     first, second = ((tmp_path / "out" / n).read_bytes() for n in names)
     assert first != second
+    # and their sections say which is which
+    assert f"## Figure 3: transfer of 60% tickets (θ0 tickets; {epochs:g} epochs)" in text
+    assert f"## Figure 3: transfer of 60% tickets (θ0 tickets; {epochs + 2:g} epochs)" in text
     # a lone θ0 matrix keeps its plain name
     (tables / "transfer-matrix-twin.json").unlink()
     assert "](transfer.png)" in report.render(tmp_path, tmp_path / "out2").read_text()
+
+
+def test_a_theta_i_matrix_is_labelled_figure_4_with_its_rewinding_point():
+    result = json.loads((Path(__file__).parents[1] / "docs/results/cpu/tables/transfer-matrix-rewind-0.05.json").read_text())
+    figure, how = report._transfer_label(result)
+    assert (figure, how) == ("Figure 4", "tickets found with rewinding to θi, i = 5 % of training; 4 epochs")
+    assert report.transfer_markdown(result).startswith(f"## Figure 4: transfer of 60% tickets ({how})")
+    assert report._transfer_label({"rewind": 0})[0] == "Figure 3"

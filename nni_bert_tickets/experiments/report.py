@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -133,15 +133,22 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _transfer_label(result: Dict[str, Any]) -> Tuple[str, str]:
+    """Which figure a transfer matrix answers and how its tickets were found and trained: its section's and its
+    plot's title, so a θ0 twin and Figure 3, or θi and θ0 matrices, are never mistaken for each other."""
+    rewind = result.get("rewind") or 0
+    epochs = result.get("settings", {}).get("epochs")
+    how = "θ0 tickets" if not rewind else f"tickets found with rewinding to θi, i = {100 * rewind:g} % of training"
+    return ("Figure 3" if not rewind else "Figure 4"), how + (f"; {epochs:g} epochs" if epochs is not None else "")
+
+
 def transfer_markdown(result: Dict[str, Any]) -> str:
     tasks, m, full = result["tasks"], result["matrix"], result["full"]
     scale = {t: _scale(t) for t in tasks}  # a column is one target task: one metric, one scale
-    rewind = result.get("rewind", 0)
-    title = ("Figure 3" if not rewind
-             else f"Figure 4 (tickets found with rewinding to θi, i = {100 * rewind:g} % of training)")
+    figure, how = _transfer_label(result)
     rows = [*result.get("sources", tasks), "oneshot"]
     at_least_own, matching = transfer_verdicts(m, full, tasks, rows)  # the same verdicts tables.transfer stores
-    out = [f"## {title}: transfer of {100 * result['sparsity']:.0f}% tickets", "",
+    out = [f"## {figure}: transfer of {100 * result['sparsity']:.0f}% tickets ({how})", "",
            "Rows: source of the ticket; columns: target task (its metric). **Bold**: at least as good as the "
            "target's own ticket (the diagonal) within one standard deviation of the target's full model; "
            "'≥ own' counts them. 'matching' counts the targets where the row is within one standard deviation of "
@@ -203,7 +210,9 @@ def transfer_plot(result: Dict[str, Any], path: Path) -> None:
             ax.text(j, i, _fmt(m[s][t], scale[t]), ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_yticks(range(len(rows)), rows)
-    ax.set(xlabel="target task", ylabel="source ticket", title="Transfer (colour: vs target's own ticket)")
+    figure, how = _transfer_label(result)
+    ax.set(xlabel="target task", ylabel="source ticket")
+    ax.set_title(f"{figure}: {how}\n(colour: vs the target's own ticket)", fontsize=8)
     fig.colorbar(image, ax=ax, label="points vs own ticket")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
