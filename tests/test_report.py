@@ -111,7 +111,7 @@ def test_verdicts_count_the_threshold_and_never_a_missing_run():
     assert verdicts.matching(0.80, {"mean": 0.80})  # one seed: no std, the mean itself
 
 
-@pytest.mark.parametrize("name", ["transfer-matrix", "transfer-matrix-rewind-0.05"])
+@pytest.mark.parametrize("name", ["transfer-matrix", "transfer-matrix-4-epochs", "transfer-matrix-rewind-0.05"])
 def test_report_renders_the_verdicts_the_transfer_table_stored(name):
     # the committed CPU Figures 3 and 4, written by tables.transfer: the report's counts must be the stored ones
     result = json.loads((Path(__file__).parents[1] / f"docs/results/cpu/tables/{name}.json").read_text())
@@ -216,3 +216,20 @@ def test_a_theta_i_matrix_is_labelled_figure_4_with_its_rewinding_point():
     assert (figure, how) == ("Figure 4", "tickets found with rewinding to θi, i = 5 % of training; 4 epochs")
     assert report.transfer_markdown(result).startswith(f"## Figure 4: transfer of 60% tickets ({how})")
     assert report._transfer_label({"rewind": 0})[0] == "Figure 3"
+
+
+_REPORTS = sorted(p.parent for p in (Path(__file__).parents[1] / "docs/results").rglob("report.md")
+                  if (p.parent / "tables").is_dir())
+
+
+@pytest.mark.parametrize("folder", _REPORTS, ids=lambda p: str(p.relative_to(p.parents[2])))
+def test_each_committed_report_is_what_its_committed_tables_render(folder, tmp_path):
+    # every number on the results pages comes from a committed JSON: the committed report.md must be exactly what
+    # `python -m nni_bert_tickets.experiments.report <folder> --out <folder>` writes from the tables beside it
+    assert report.render(folder, tmp_path).read_text() == (folder / "report.md").read_text()
+
+
+def test_the_cpu_report_compares_figure_4_with_its_theta0_twin():
+    text = (Path(__file__).parents[1] / "docs/results/cpu/report.md").read_text()
+    assert "## Does rewinding to θi transfer better than θ0?" in text and "No θ0 matrix" not in text
+    assert len(_REPORTS) >= 5  # cpu, the dense grid and its three sub-grids

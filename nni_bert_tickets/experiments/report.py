@@ -280,7 +280,8 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         sections.append(table3_markdown(t3))
         table3_plot(t3, out / "table3.png")
         sections.append("![rewinding](table3.png)")
-    transfers = [r for r in results if r["experiment"] == "transfer"]
+    transfers = sorted((r for r in results if r["experiment"] == "transfer"),  # θ0 before θi, fewer epochs first
+                       key=lambda r: (r.get("rewind") or 0, r.get("settings", {}).get("epochs") or 0))
     plots: set = set()
     for r in transfers:
         name = _transfer_plot_name(r, transfers, plots)
