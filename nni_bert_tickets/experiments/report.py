@@ -133,11 +133,15 @@ def table3_plot(results: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _rewind_and_epochs(result: Dict[str, Any]) -> Tuple[float, Optional[float]]:
+    """What tells transfer matrices apart: the rewinding point (0 for θ0) and the epochs each cell trained."""
+    return result.get("rewind") or 0, result.get("settings", {}).get("epochs")
+
+
 def _transfer_label(result: Dict[str, Any]) -> Tuple[str, str]:
     """Which figure a transfer matrix answers and how its tickets were found and trained: its section's and its
     plot's title, so a θ0 twin and Figure 3, or θi and θ0 matrices, are never mistaken for each other."""
-    rewind = result.get("rewind") or 0
-    epochs = result.get("settings", {}).get("epochs")
+    rewind, epochs = _rewind_and_epochs(result)
     how = "θ0 tickets" if not rewind else f"tickets found with rewinding to θi, i = {100 * rewind:g} % of training"
     return ("Figure 3" if not rewind else "Figure 4"), how + (f"; {epochs:g} epochs" if epochs is not None else "")
 
@@ -237,10 +241,10 @@ def tickets_markdown(results: List[Dict[str, Any]]) -> str:
 def _transfer_plot_name(result: Dict[str, Any], transfers: List[Dict[str, Any]], taken: set) -> str:
     """``transfer.png`` (θ0) or ``transfer-rewind-<i>.png``; where two matrices share the rewinding point (a θ0 twin
     beside Figure 3), each also names its epochs, so one plot never overwrites another."""
-    rewind = result.get("rewind") or 0
+    rewind, epochs = _rewind_and_epochs(result)
     name = "transfer" if not rewind else f"transfer-rewind-{rewind}"
-    if sum(1 for t in transfers if (t.get("rewind") or 0) == rewind) > 1:
-        name += f"-{result.get('settings', {}).get('epochs', 0):g}-epochs"
+    if sum(1 for t in transfers if _rewind_and_epochs(t)[0] == rewind) > 1:
+        name += f"-{epochs or 0:g}-epochs"
     stem, k = name, 2
     while name in taken:  # alike in rewinding and epochs too: numbered in file order
         name, k = f"{stem}-{k}", k + 1
@@ -281,7 +285,7 @@ def render(root: str | Path, out: str | Path | None = None) -> Path:
         table3_plot(t3, out / "table3.png")
         sections.append("![rewinding](table3.png)")
     transfers = sorted((r for r in results if r["experiment"] == "transfer"),  # θ0 before θi, fewer epochs first
-                       key=lambda r: (r.get("rewind") or 0, r.get("settings", {}).get("epochs") or 0))
+                       key=lambda r: tuple(v or 0 for v in _rewind_and_epochs(r)))
     plots: set = set()
     for r in transfers:
         name = _transfer_plot_name(r, transfers, plots)
